@@ -1,0 +1,153 @@
+"""Typed recipe sections. Each field is documented once here; help text and docs come from these models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DataSpec",
+    "EvalSpec",
+    "LoraSpec",
+    "MethodSpec",
+    "ModelSpec",
+    "OutputSpec",
+    "Recipe",
+    "SplitSpec",
+    "TrainSpec",
+]
+
+
+class _Spec(BaseModel):
+    # Unknown keys are errors (with a did-you-mean added by the loader); assignments are validated too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitSpec(_Spec):
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows held out for validation.")
+    test: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows held out for the test split.")
+    seed: int = Field(0, description="Seed of the deterministic split (hash of seed and row content).")
+
+
+class DataSpec(_Spec):
+    path: str = Field(..., description="Training data file (.jsonl, .json, .csv, .tsv, .txt, .parquet).")
+    validation_path: str | None = Field(
+        None, description="Optional separate validation file; when set, no validation rows are split off."
+    )
+    test_path: str | None = Field(None, description="Optional separate test file; when set, no test rows are split off.")
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"] = Field(
+        "auto", description="Record format; 'auto' detects it from the fields of the first rows."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map canonical fields to your column names, e.g. {prompt: dialogue, completion: summary}.",
+    )
+    delimiter: str | None = Field(None, description="CSV/TSV delimiter; default ',' for .csv and tab for .tsv.")
+    prompt_template: str | None = Field(
+        None,
+        description="Python format string wrapping the user prompt; '{prompt}' is the prompt, other "
+        "'{name}' placeholders are raw columns. Used for label and extraction tasks.",
+    )
+    system_prompt: str | None = Field(
+        None, description="System message prepended to every conversation (else the template's default)."
+    )
+    max_length: int = Field(512, ge=16, description="Maximum tokens per example after the chat template.")
+    overlength: Literal["truncate", "drop"] = Field(
+        "drop", description="What to do with examples over max_length; both are counted in the data summary."
+    )
+    limit: int | None = Field(None, ge=1, description="Use at most this many training rows (after splitting).")
+    eval_limit: int | None = Field(None, ge=1, description="Use at most this many validation and test rows each.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Deterministic train/validation/test split.")
+    encoding: str = Field("utf-8", description="Text encoding of the input files.")
+
+
+class ModelSpec(_Spec):
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="Builtin alias, a local Hugging Face model folder, or a hub id already in the local cache.",
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Compute precision: 'auto' uses bf16 autocast where the CPU supports it or on GPU."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run; 'auto' prefers CUDA.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model folder (off: safer).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all physical cores).")
+
+
+class LoraSpec(_Spec):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the head."
+    )
+
+
+class MethodSpec(_Spec):
+    name: Literal["lora", "full"] = Field("lora", description="Fine-tuning method.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (used when name is 'lora').")
+
+
+class TrainSpec(_Spec):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps with linear warmup.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("cosine", description="LR schedule after warmup.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: no clipping).")
+    eval_every: int | None = Field(None, ge=1, description="Validation every N optimizer steps (null: at the end).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without validation-loss improvement."
+    )
+    log_every: int = Field(5, ge=1, description="Write a metrics.jsonl row every N optimizer steps.")
+    seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
+    batching: Literal["length_grouped", "packed", "padded"] = Field(
+        "length_grouped",
+        description="'length_grouped' batches similar lengths (little padding), 'packed' concatenates "
+        "examples with per-document attention, 'padded' pads every batch to max_length (the slow baseline).",
+    )
+
+
+class EvalSpec(_Spec):
+    enabled: bool = Field(True, description="Evaluate after training (tunelab run) .")
+    task: Literal["auto", "json", "label", "text"] = Field(
+        "auto", description="Metric family for generated answers; 'auto' picks from the references."
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Generation budget per test example.")
+    batch_size: int = Field(16, ge=1, description="Examples generated at once.")
+    max_samples: int | None = Field(100, ge=1, description="Evaluate at most this many test examples.")
+    compare_base: bool = Field(True, description="Also evaluate the base model on the same split.")
+    labels: list[str] | None = Field(None, description="Label set for label tasks (default: from the data).")
+
+
+class OutputSpec(_Spec):
+    dir: str = Field("runs", description="Folder that holds run folders.")
+    name: str | None = Field(None, description="Run folder name (default: recipe name and a timestamp).")
+    overwrite: bool = Field(False, description="Replace an existing run folder of the same name.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or "\\" in v or v in {".", ".."}):
+            raise ValueError("must be a plain folder name (no '/', '\\', '.' or '..')")
+        return v
+
+
+class Recipe(_Spec):
+    data: DataSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        s = self.data.split
+        if s.validation + s.test >= 0.9:
+            raise ValueError("data.split.validation + data.split.test must leave at least 10% for training")
+        return self

@@ -1,0 +1,48 @@
+"""Shared fixtures: the default tokenizer and a tiny random LLaMA model built from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real public datasets); tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared datasets not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    # Keep the tokenized-data cache per test session; the model cache stays shared (it is expensive).
+    os.environ.setdefault("TUNELAB_DATA_CACHE", str(tmp_path_factory.mktemp("data-cache")))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The default model's tokenizer (SmolLM2, with its chat template)."""
+    from tunelab.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    """A 2-layer, hidden-64 random LLaMA with the default vocabulary (fast enough for unit tests)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(cfg)
