@@ -10,6 +10,8 @@ from rich.console import Console
 __all__ = ["console", "status"]
 
 console = Console(stderr=True, highlight=False)
+if not console.is_terminal:  # logs and CI: 80 columns squeeze tables into unreadable stacks
+    console.width = 140
 
 
 @contextmanager

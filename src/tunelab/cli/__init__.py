@@ -1,0 +1,1 @@
+"""The `tunelab` command: one thin adapter per verb (parse → load config → stage)."""

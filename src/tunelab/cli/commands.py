@@ -1,0 +1,75 @@
+"""Verb handlers: each parses nothing itself, loads the config, and calls one stage function."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from tunelab.config.loading import dump_recipe, load_recipe
+from tunelab.util.console import console
+
+__all__ = ["cmd_chat", "cmd_eval", "cmd_models", "cmd_run", "cmd_train", "cmd_validate"]
+
+
+def _recipe(args: argparse.Namespace):
+    return load_recipe(args.recipe, args.overrides), Path(args.recipe).stem
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tunelab import pipeline
+
+    recipe, name = _recipe(args)
+    pipeline.run(recipe, name)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunelab import pipeline
+
+    recipe, name = _recipe(args)
+    run_dir = pipeline.train(recipe, name)
+    pipeline.build_report(run_dir)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    recipe, _ = _recipe(args)
+    print(dump_recipe(recipe), end="")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tunelab import pipeline
+    from tunelab.errors import TunelabError
+    from tunelab.models import is_run_dir
+
+    if not is_run_dir(args.run_dir):
+        raise TunelabError(f"'{args.run_dir}' is not a finished tunelab run folder",
+                           fix="pass a folder created by `tunelab train` or `tunelab run`")
+    pipeline.evaluate(args.run_dir)
+    html, _ = pipeline.build_report(args.run_dir)
+    console.print(f"report: [bold]{html}[/]")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tunelab.models.catalog import list_models
+
+    table = Table(title="models (training memory: weights + grads + AdamW, excluding activations)")
+    for col in ("name", "source", "status", "params", "LoRA train", "full train", "description"):
+        table.add_column(col)
+    for m in list_models():
+        mem = m.memory_mb()
+        table.add_row(m.name, m.source, m.status, f"{m.params / 1e6:,.1f} M" if m.params else "?",
+                      f"{mem['lora']:,.0f} MB" if mem["lora"] else "?",
+                      f"{mem['full']:,.0f} MB" if mem["full"] else "?", m.description)
+    console.print(table)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tunelab.cli.chat import chat
+
+    return chat(args.target, args.prompt, args.system, args.max_new_tokens)

@@ -1,0 +1,109 @@
+"""`tunelab` entry point: argument parsing and the one error policy (one line, exit 2, --debug for traces)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+
+from tunelab.errors import TunelabError
+
+__all__ = ["build_parser", "main"]
+
+EXAMPLES = {
+    "run": """
+        examples:
+          tunelab run examples/quickstart.yaml
+          tunelab run examples/emotion.yaml data.path=../shared/data/emotion/train.txt train.max_steps=100
+        Trains, evaluates base vs tuned on the held-out split and writes report.html in the run folder.""",
+    "train": """
+        examples:
+          tunelab train examples/quickstart.yaml
+          tunelab train examples/quickstart.yaml method.name=full train.lr=5e-5 output.name=full-ft
+        Writes a run folder: adapter/ (or model/), tokenizer/, config.yaml, manifest.json, metrics.jsonl.""",
+    "eval": """
+        examples:
+          tunelab eval runs/quickstart
+        Evaluates the run's tuned model and its base model on the same held-out split; writes eval/ and
+        refreshes report.html.""",
+    "chat": """
+        examples:
+          tunelab chat runs/quickstart --prompt "Extract the ticket as JSON ... Ticket: my earbuds broke"
+          tunelab chat smollm2-135m-instruct          (interactive; /reset clears history, /exit quits)""",
+    "models": """
+        examples:
+          tunelab models
+        Lists builtin aliases and models in the local Hugging Face cache, with parameter counts and
+        estimated training memory (LoRA on a bf16 base / full fine-tuning, activations not included).""",
+    "validate": """
+        examples:
+          tunelab validate examples/quickstart.yaml
+          tunelab validate examples/emotion.yaml data.path=../shared/data/emotion/train.txt
+        Prints the resolved recipe (every default explicit) or the first problem with file:line.""",
+}
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe values")
+
+
+def _sub(subs, name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
+    p = subs.add_parser(name, help=help_text, description=help_text,
+                        epilog=textwrap.dedent(EXAMPLES[name]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tunelab import __version__
+    from tunelab.cli import commands as c
+
+    parser = argparse.ArgumentParser(
+        prog="tunelab", description="Adapt an open LLM to your task: data → train → eval → report.",
+        epilog="example: tunelab run examples/quickstart.yaml", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_recipe_args(_sub(subs, "run", "train, evaluate and report, as the recipe says", c.cmd_run))
+    _add_recipe_args(_sub(subs, "train", "fine-tune a model from a recipe", c.cmd_train))
+    _add_recipe_args(_sub(subs, "validate", "check a recipe and print it resolved", c.cmd_validate))
+    ev = _sub(subs, "eval", "evaluate a run folder (tuned vs base) on held-out data", c.cmd_eval)
+    ev.add_argument("run_dir", help="run folder from `tunelab train`")
+    chat = _sub(subs, "chat", "talk to a run folder's model or any model", c.cmd_chat)
+    chat.add_argument("target", help="run folder, model alias, local model folder or cached hub id")
+    chat.add_argument("--prompt", help="answer this one prompt and exit (default: interactive)")
+    chat.add_argument("--system", help="system message")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    _sub(subs, "models", "list available models with sizes and memory estimates", c.cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.debug:
+        from tunelab.util.quiet import quiet_libraries
+
+        quiet_libraries()
+    try:
+        return int(args.handler(args) or 0)
+    except TunelabError as e:
+        if args.debug:
+            raise
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The eval stage: base and tuned model on the same held-out split; eval/metrics.json and samples.jsonl."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config.loading import load_recipe
+from tunelab.config.specs import Recipe
+from tunelab.evaluation.generate import generate_answers
+from tunelab.evaluation.metrics import compute_task_metrics, infer_task
+from tunelab.models import load_causal_lm, load_run_model, resolve_device, resolve_precision
+from tunelab.training.loss import mean_nll
+from tunelab.util.console import console
+from tunelab.util.io import atomic_write_json, atomic_write_text
+
+__all__ = ["evaluate_run"]
+
+
+def _eval_split(prepared) -> tuple[str, list, list]:
+    """The test split, or the validation split when the recipe has no test rows."""
+    for name in ("test", "validation"):
+        if prepared.splits.get(name):
+            return name, prepared.splits[name], prepared.encoded[name]
+    return "none", [], []
+
+
+def _score(model, tokenizer, examples, encoded, recipe: Recipe, task: str, device: str, precision: str,
+           label: str) -> tuple[dict[str, Any], list[str]]:
+    e = recipe.eval
+    t0 = time.perf_counter()
+    nll = mean_nll(model, encoded, e.batch_size, tokenizer.pad_token_id, device, precision)
+    preds = generate_answers(model, tokenizer, [ex.prompt_messages for ex in examples], e.max_new_tokens,
+                             e.batch_size, device, label=f"generate ({label})")
+    metrics = compute_task_metrics(task, preds, [ex.reference for ex in examples], e.labels)
+    if nll is not None:
+        metrics["loss"] = round(nll, 5)
+        metrics["perplexity"] = round(math.exp(min(nll, 50)), 4)
+    metrics["eval_time_s"] = round(time.perf_counter() - t0, 2)
+    return metrics, preds
+
+
+def _samples(examples, base_preds, tuned_preds) -> list[dict[str, Any]]:
+    rows = []
+    for i, ex in enumerate(examples):
+        rows.append({"where": ex.where, "input": ex.prompt_messages[-1]["content"], "reference": ex.reference,
+                     "base": base_preds[i] if base_preds else None, "tuned": tuned_preds[i]})
+    return rows
+
+
+def _delta(base: dict | None, tuned: dict) -> dict[str, float]:
+    if not base:
+        return {}
+    return {k: round(tuned[k] - base[k], 5) for k, v in tuned.items()
+            if isinstance(v, float) and isinstance(base.get(k), float) and not k.endswith("_s")}
+
+
+def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=None) -> dict[str, Any]:
+    """Evaluate a finished run (and its base model) on the held-out split; writes run_dir/eval/."""
+    from tunelab.data import prepare_data
+
+    run = Path(run_dir)
+    recipe = recipe or load_recipe(run / "config.yaml")
+    device = resolve_device(recipe.model.device)
+    precision = resolve_precision(recipe.model.precision, device)
+    # Decode is memory-bound: bf16 weights halve the bytes read per token (autocast would recast each step).
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    tuned, tokenizer = load_run_model(run, dtype=dtype)
+    tuned.to(device)
+    prepared = prepared or prepare_data(recipe.data, tokenizer)
+    split, examples, encoded = _eval_split(prepared)
+    n = recipe.eval.max_samples or len(examples)
+    examples, encoded = examples[:n], encoded[:n]
+    if not examples:
+        console.print("[yellow]no held-out rows to evaluate (test and validation splits are empty)[/]")
+    refs = [ex.reference for ex in examples]
+    task = recipe.eval.task if recipe.eval.task != "auto" else infer_task(refs)
+    base_metrics, base_preds = None, None
+    if recipe.eval.compare_base and examples:
+        base = load_causal_lm(recipe.model.name, recipe.model.trust_remote_code, dtype).to(device)
+        base_metrics, base_preds = _score(base, tokenizer, examples, encoded, recipe, task, device, precision, "base")
+        del base
+    tuned_metrics, tuned_preds = (_score(tuned, tokenizer, examples, encoded, recipe, task, device, precision,
+                                         "tuned") if examples else ({}, []))
+    result = {"split": split, "n": len(examples), "task": task, "precision": precision,
+              "base": base_metrics, "tuned": tuned_metrics, "delta": _delta(base_metrics, tuned_metrics)}
+    out = run / "eval"
+    out.mkdir(exist_ok=True)
+    atomic_write_json(out / "metrics.json", result)
+    import json
+
+    rows = _samples(examples, base_preds, tuned_preds)
+    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return result

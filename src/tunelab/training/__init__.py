@@ -1,0 +1,1 @@
+"""Leaf helpers for training loops: batching, losses, optimisation, metric logging, manifests."""

@@ -1,0 +1,76 @@
+"""Run folders: creation, the manifest, and the metric log."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tunelab.config.specs import OutputSpec
+from tunelab.errors import TunelabError
+from tunelab.util.io import append_jsonl, atomic_write_json
+
+__all__ = ["MetricsLog", "create_run_dir", "library_versions", "write_manifest"]
+
+_LIBS = ("tunelab", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "tokenizers",
+         "pydantic", "numpy")
+
+
+def create_run_dir(spec: OutputSpec, recipe_name: str) -> Path:
+    """A fresh run folder `<dir>/<name>`; refuses to clobber an existing one unless output.overwrite."""
+    name = spec.name or f"{recipe_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(spec.dir) / name
+    if run_dir.exists():
+        if not spec.overwrite:
+            raise TunelabError(f"run folder already exists: {run_dir}", where="output.name",
+                               fix="choose another output.name or set output.overwrite=true")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in _LIBS:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_manifest(run_dir: Path, **fields: Any) -> None:
+    """manifest.json: what went in (hashes), with what (versions, seed, hardware), and how long it took."""
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "platform": platform.platform(),
+        "libraries": library_versions(),
+        **fields,
+    }
+    atomic_write_json(run_dir / "manifest.json", manifest)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON row per logged training step or evaluation, appended as it happens."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+
+    def log(self, **row: Any) -> None:
+        row = {"time_s": round(time.perf_counter() - self.t0, 3), **row}
+        self.rows.append(row)
+        append_jsonl(self.path, row)
+
+    def train_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if "loss" in r]
+
+    def eval_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if "val_loss" in r]
