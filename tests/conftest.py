@@ -46,3 +46,38 @@ def tiny_model(tokenizer):
         pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """The tiny random model saved as a local Hugging Face folder (safetensors + tokenizer)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def chat_jsonl(tmp_path) -> Path:
+    """A small messages-format dataset (60 rows, varied) for end-to-end runs on the tiny model."""
+    import json
+
+    colors = ["red", "green", "blue", "black", "white", "yellow"]
+    rows = []
+    for i in range(60):
+        c = colors[i % len(colors)]
+        rows.append({"messages": [{"role": "user", "content": f"Item {i} is {c}. What color is item {i}?"},
+                                  {"role": "assistant", "content": c}]})
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
