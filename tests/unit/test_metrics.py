@@ -82,11 +82,20 @@ def test_empty_inputs_score_zero():
         ("positive rather than negative", "positive"),  # earliest occurrence wins
         ("very positively", INVALID_LABEL),  # whole words only
         ("I cannot tell", INVALID_LABEL),
-        ("not sure, maybe neutral-ish", INVALID_LABEL),
+        ("label:neutral", "neutral"),  # punctuation separates words
+        ("I'd say neutral-ish", "neutral"),
     ],
 )
 def test_map_to_label(pred, expected):
     assert map_to_label(pred, ["negative", "neutral", "positive"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("pred", "expected"), [("A", "A"), ("(b)", "B"), ("The answer is C.", "C"), ("E", INVALID_LABEL)]
+)
+def test_map_to_label_multiple_choice_letters(pred, expected):
+    # SQuAD normalisation would delete "a" as an article; label matching must not.
+    assert map_to_label(pred, ["A", "B", "C", "D"]) == expected
 
 
 def test_map_to_label_prefers_longer_label_at_same_position():
@@ -127,6 +136,10 @@ def test_label_metrics_with_explicit_labels_and_case_insensitive_refs():
 )
 def test_parse_json_object_tolerates_fences_and_prose(text):
     assert parse_json_object(text) == {"name": "Ada", "age": 36}
+
+
+def test_parse_json_object_fence_without_json_falls_back_to_prose():
+    assert parse_json_object('```\nprint(1)\n```\nso: {"a": 1}') == {"a": 1}
 
 
 def test_parse_json_object_braces_inside_strings():

@@ -139,6 +139,12 @@ def token_f1(preds: Sequence[str], refs: Sequence[str | Sequence[str]]) -> float
 # --------------------------------------------------------------------------- labels
 
 
+def _normalize_label(s: str) -> str:
+    # Unlike SQuAD normalisation, articles stay (so "A"/"B" multiple-choice labels survive) and
+    # punctuation splits words (so "label:positive" still contains "positive").
+    return " ".join("".join(" " if ch in _PUNCT else ch for ch in s.lower()).split())
+
+
 def _word_position(label_norm: str, pred_norm: str) -> int:
     # Whole-word match on the normalised (single-space separated) text: bounded by spaces or ends.
     m = re.search(rf"(?<!\S){re.escape(label_norm)}(?!\S)", pred_norm)
@@ -148,9 +154,10 @@ def _word_position(label_norm: str, pred_norm: str) -> int:
 def map_to_label(pred: str, labels: Sequence[str]) -> str:
     """Map a generated answer onto one of ``labels``.
 
-    An exact normalised match wins; otherwise the label whose normalised form occurs earliest as whole
-    words in the normalised prediction (ties: the longer label, then ``labels`` order); otherwise
-    :data:`INVALID_LABEL`.
+    Text is normalised by lower-casing, turning punctuation into spaces and collapsing whitespace
+    (articles are kept, so single-letter choices work). An exact normalised match wins; otherwise the
+    label whose normalised form occurs earliest as whole words in the normalised prediction (ties: the
+    longer label, then ``labels`` order); otherwise :data:`INVALID_LABEL`.
 
     Args:
         pred: The generated text, e.g. ``"Sentiment: Positive."``.
@@ -159,8 +166,8 @@ def map_to_label(pred: str, labels: Sequence[str]) -> str:
     Returns:
         One of ``labels`` or ``"<invalid>"``.
     """
-    pred_norm = normalize_answer(pred)
-    normed = [(normalize_answer(label), label) for label in labels]
+    pred_norm = _normalize_label(pred)
+    normed = [(_normalize_label(label), label) for label in labels]
     for label_norm, label in normed:
         if label_norm == pred_norm:
             return label
@@ -174,8 +181,8 @@ def map_to_label(pred: str, labels: Sequence[str]) -> str:
 
 def _canonical_refs(refs: Sequence[str], labels: Sequence[str]) -> list[str]:
     # References that differ from a label only in case/punctuation are that label.
-    by_norm = {normalize_answer(label): label for label in labels}
-    return [by_norm.get(normalize_answer(r), r) for r in refs]
+    by_norm = {_normalize_label(label): label for label in labels}
+    return [by_norm.get(_normalize_label(r), r) for r in refs]
 
 
 def _label_predictions(
@@ -197,7 +204,9 @@ def _label_result(
         return {"accuracy": 0.0, "macro_f1": 0.0, "micro_f1": 0.0, "invalid_rate": 0.0}, []
     mapped, gold, labels = _label_predictions(preds, refs, labels)
     correct = [float(p == g) for p, g in zip(mapped, gold, strict=True)]
-    f1 = {avg: f1_score(gold, mapped, labels=labels, average=avg, zero_division=0) for avg in ("macro", "micro")}
+    f1 = {
+        avg: f1_score(gold, mapped, labels=labels, average=avg, zero_division=0) for avg in ("macro", "micro")
+    }
     metrics = {
         "accuracy": _mean(correct),
         "macro_f1": float(f1["macro"]),
@@ -289,8 +298,10 @@ def parse_json_object(text: Any) -> dict[str, Any] | None:
     fence = _FENCE.search(text)
     if fence and (obj := _loads_object(fence.group(1).strip())) is not None:
         return obj
-    body = fence.group(1) if fence else text
-    return next((o for span in _balanced_spans(body) if (o := _loads_object(span)) is not None), None)
+    # Prefer an object inside the fence; the prose around it is the fallback.
+    bodies = (fence.group(1), text) if fence else (text,)
+    spans = (span for body in bodies for span in _balanced_spans(body))
+    return next((o for span in spans if (o := _loads_object(span)) is not None), None)
 
 
 def _norm_value(v: Any) -> Any:

@@ -13,6 +13,7 @@ __all__ = [
     "fmt_metric",
     "fmt_params",
     "fmt_value",
+    "is_context_value",
     "is_fraction_metric",
     "lower_is_better",
 ]
@@ -21,6 +22,9 @@ MISSING = "—"
 # Metrics that are not fractions in [0, 1] even when their value happens to fall there.
 _RAW_MARKERS = ("loss", "perplexity", "nll", "n_examples", "tokens", "count")
 _LOWER_BETTER_MARKERS = ("loss", "perplexity", "nll", "invalid_rate")
+# Counts, timings and sizes describe the run; they are never scores, and their change is no result.
+_CONTEXT_PREFIXES = ("n_",)
+_CONTEXT_SUFFIXES = ("_s", "_ms", "_mb", "_gb", "_per_s")
 
 
 def _finite(v: Any) -> bool:
@@ -44,9 +48,14 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
+def is_context_value(name: str) -> bool:
+    """True for counts, timings and sizes (``n_examples``, ``eval_time_s``) shown next to metrics."""
+    return name.startswith(_CONTEXT_PREFIXES) or name.endswith(_CONTEXT_SUFFIXES)
+
+
 def is_fraction_metric(name: str, *values: Any) -> bool:
     """True when ``name`` is a score in [0, 1] (shown as a percentage, compared in points)."""
-    if any(marker in name for marker in _RAW_MARKERS):
+    if is_context_value(name) or any(marker in name for marker in _RAW_MARKERS):
         return False
     present = [v for v in values if v is not None]
     return bool(present) and all(_finite(v) and 0.0 <= v <= 1.0 for v in present)
@@ -86,7 +95,7 @@ def fmt_duration(seconds: Any) -> str:
 
 
 def fmt_params(n: Any) -> str:
-    """A parameter count: ``135.0 M``, ``4.6 k``, ``1.24 B``."""
+    """A parameter count: ``135 M``, ``4.6 k``, ``1.24 B``."""
     if not _finite(n):
         return fmt_value(n)
     for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
