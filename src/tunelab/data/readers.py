@@ -8,6 +8,7 @@ which turns them into rejects.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
-__all__ = ["SUPPORTED_SUFFIXES", "read_records"]
+__all__ = ["SUPPORTED_SUFFIXES", "file_sha256", "read_records"]
 
 Record = tuple[str, dict[str, Any]]
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet")
@@ -65,6 +66,11 @@ def _parse_text(path: Path, text: str, suffix: str, delimiter: str | None) -> li
     if suffix in _DEFAULT_DELIMITER or delimiter is not None:
         return _parse_delimited(path, text, delimiter or _DEFAULT_DELIMITER[suffix], quoting=suffix == ".csv")
     return [(f"{path}:{i}", {"text": line}) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a data file's bytes, with the same clear errors as `read_records` for a bad path."""
+    return hashlib.sha256(_read_bytes(Path(path))).hexdigest()
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -184,7 +190,7 @@ def _row_record(header: list[str], row: list[str], delimiter: str) -> dict[str, 
     if extra > 0:
         row = [delimiter.join(row[: extra + 1]), *row[extra + 1 :]]
     # Short rows keep only the columns they have; the format step then rejects the missing fields by name.
-    return dict(zip(header, row))
+    return dict(zip(header, row, strict=False))
 
 
 def _read_parquet(path: Path) -> list[Record]:

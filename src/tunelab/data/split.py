@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from tunelab.config.specs import SplitSpec
 from tunelab.data.records import Example
 
-__all__ = ["SPLITS", "content_hash", "split_examples", "split_point"]
+__all__ = ["SPLITS", "content_hash", "record_split", "split_examples", "split_name", "split_point"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -32,20 +32,31 @@ def split_point(example: Example, seed: int = 0) -> float:
     return int(content_hash(example, seed)[:16], 16) / 16**16
 
 
+def split_name(point: float, split: SplitSpec) -> str:
+    """The split of a point in [0, 1): test takes ``[0, test)``, validation the next ``validation``, train the rest."""
+    if point < split.test:
+        return "test"
+    return "validation" if point < split.test + split.validation else "train"
+
+
+def record_split(record: dict | None, split: SplitSpec) -> str:
+    """The split a raw record belongs to (used to attribute rejected rows, which have no Example content)."""
+    canonical = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(f"{split.seed}\x00{canonical}".encode()).hexdigest()
+    return split_name(int(digest[:16], 16) / 16**16, split)
+
+
 def split_examples(examples: Iterable[Example], split: SplitSpec) -> dict[str, list[Example]]:
     """Assign examples to train/validation/test by content hash.
 
     Args:
         examples: the examples, in any order.
-        split: fractions and seed; the test split takes points in ``[0, test)``, validation
-            ``[test, test + validation)``, train the rest.
+        split: fractions and seed (see `split_name`).
 
     Returns:
         ``{"train": [...], "validation": [...], "test": [...]}``, each in input order.
     """
     out: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for ex in examples:
-        u = split_point(ex, split.seed)
-        name = "test" if u < split.test else "validation" if u < split.test + split.validation else "train"
-        out[name].append(ex)
+        out[split_name(split_point(ex, split.seed), split)].append(ex)
     return out
