@@ -33,7 +33,7 @@ from tunelab.util.io import atomic_write_text, sha256_file
 
 __all__ = [
     "CATEGORIES", "DEMO_DATASETS", "INSTRUCTION", "PRODUCTS", "URGENCIES", "generate_support_tickets",
-    "main", "materialize",
+    "main", "materialize", "to_jsonl",
 ]
 
 INSTRUCTION = (
@@ -44,18 +44,35 @@ INSTRUCTION = (
 CATEGORIES = ("billing", "shipping", "technical", "account", "refund")
 URGENCIES = ("low", "medium", "high")
 
-# name -> has electronics (technical tickets only concern products that can malfunction)
-_PRODUCT_KINDS: dict[str, bool] = {
-    "wireless earbuds": True, "noise-cancelling headphones": True, "smart watch": True,
-    "fitness tracker": True, "bluetooth speaker": True, "mechanical keyboard": True,
-    "wireless mouse": True, "4K monitor": True, "webcam": True, "standing desk": True,
-    "espresso machine": True, "air fryer": True, "blender": True, "robot vacuum": True,
-    "electric toothbrush": True, "hair dryer": True, "smart thermostat": True, "security camera": True,
-    "e-reader": True, "portable charger": True, "desk lamp": True,
-    "laptop stand": False, "office chair": False, "yoga mat": False, "hiking backpack": False,
+# product -> what it has that can go wrong (technical tickets pair a product only with fitting problems)
+_FEATURES: dict[str, tuple[str, ...]] = {
+    "wireless earbuds": ("battery", "bluetooth", "audio", "app", "touch"),
+    "noise-cancelling headphones": ("battery", "bluetooth", "audio", "app", "touch"),
+    "smart watch": ("battery", "bluetooth", "screen", "app", "touch"),
+    "fitness tracker": ("battery", "bluetooth", "screen", "app", "touch"),
+    "bluetooth speaker": ("battery", "bluetooth", "audio"),
+    "mechanical keyboard": ("usb", "bluetooth", "battery"),
+    "wireless mouse": ("usb", "bluetooth", "battery"),
+    "4K monitor": ("screen", "usb", "settings"),
+    "webcam": ("usb", "app"),
+    "standing desk": ("motor", "settings"),
+    "espresso machine": ("heat", "settings"),
+    "air fryer": ("heat", "wifi", "app", "settings"),
+    "blender": ("motor",),
+    "robot vacuum": ("battery", "wifi", "app", "motor", "settings"),
+    "electric toothbrush": ("battery", "bluetooth", "app"),
+    "hair dryer": ("heat", "motor"),
+    "smart thermostat": ("wifi", "app", "screen", "touch", "settings"),
+    "security camera": ("wifi", "app", "settings"),
+    "e-reader": ("battery", "screen", "wifi", "touch"),
+    "portable charger": ("battery", "usb"),
+    "desk lamp": ("touch", "usb"),
+    "laptop stand": (),
+    "office chair": (),
+    "yoga mat": (),
+    "hiking backpack": (),
 }
-PRODUCTS = tuple(_PRODUCT_KINDS)
-_ELECTRONICS = tuple(p for p, electronic in _PRODUCT_KINDS.items() if electronic)
+PRODUCTS = tuple(_FEATURES)
 
 _FIRST_NAMES = (
     "Maria", "Tom", "Priya", "James", "Aisha", "Wei", "Yuki", "Carlos", "Olivia", "Mohammed", "Fatima",
@@ -84,6 +101,45 @@ _AGENT_NAMES = ("Sam", "Alex", "Jordan", "Taylor", "Morgan", "Casey", "Robin", "
 # ------------------------------------------------------------------------------------- ticket bodies
 # Placeholders: {product}, {order}/{Order} (an order noun phrase, with or without the id), {amount},
 # {days}, {code}. Bodies are urgency-neutral: urgency comes only from the cue sentences below.
+
+# Technical problems, each with the product features it needs (any one of them; none: any electronics).
+_TECHNICAL: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("My {product} won't turn on anymore. I charged it overnight and nothing happens.", ("battery",)),
+    ("The {product} keeps disconnecting from Bluetooth every few minutes.", ("bluetooth",)),
+    ("After the latest firmware update the {product} is stuck on a blinking light.", ("app",)),
+    ("The app for the {product} crashes every time I open the settings page.", ("app",)),
+    ("The battery in my {product} drains within an hour, even when I'm not using it.", ("battery",)),
+    ("My {product} makes a loud clicking noise when it starts up.", ()),
+    ("I can't get the {product} onto my Wi-Fi. I've reset it {days} times already.", ("wifi",)),
+    ("The {product} shows error code E{code} on startup, and it's not in the manual.", ()),
+    ("The display on the {product} flickers constantly.", ("screen",)),
+    ("The {product} gets really hot after ten minutes of use.", ("battery", "usb")),
+    ("I followed the setup guide, but my laptop doesn't recognise the {product}.", ("usb",)),
+    ("The {product} switches itself off at random.", ()),
+    ("Since {order} arrived, the {product} has never charged past 50%.", ("battery",)),
+    ("The buttons on the {product} stopped responding.", ()),
+    ("My {product} won't pair with my new phone, although it worked fine with the old one.", ("bluetooth",)),
+    ("The sound from the {product} keeps cutting out on one side.", ("audio",)),
+    ("A factory reset didn't help: the {product} still freezes after a few seconds.", ("app", "screen")),
+    ("The {product} doesn't show up in the companion app anymore.", ("app",)),
+    ("How do I update the firmware on the {product}? The steps in the box don't match what I see.", ("app",)),
+    ("The {product} works on battery but not when it's plugged in.", ("battery",)),
+    ("The touch controls on the {product} trigger on their own.", ("touch",)),
+    ("The {product} lost all its saved settings after a power cut.", ("settings",)),
+    ("I keep getting a 'device not supported' message when I set up the {product}.", ("app", "usb")),
+    ("The {product} has been really slow to respond since last week.", ("app", "screen")),
+    ("The light on the {product} is flashing red and I don't know what that means.", ()),
+    ("The {product} loses its connection whenever I move to another room.", ("wifi", "bluetooth")),
+    ("My {product} beeps every few minutes for no reason.", ()),
+    ("The {product} won't charge with the cable that came with it.", ("battery",)),
+    ("The {product} stops halfway through and has to be restarted every time.", ("motor", "heat")),
+    ("The {product} from {order} is stuck in a reboot loop.", ("app",)),
+    ("The {product} stopped syncing with my phone after I updated the app.", ("app",)),
+    ("Every time I turn on the {product} it resets to factory settings.", ("settings",)),
+    ("The {product} shows error E{code} and then shuts down after a couple of minutes.", ()),
+    ("The {product} makes a grinding noise and then stops.", ("motor",)),
+    ("The {product} doesn't heat up properly anymore.", ("heat",)),
+)
 
 _BODIES: dict[str, tuple[str, ...]] = {
     "billing": (
@@ -156,41 +212,7 @@ _BODIES: dict[str, tuple[str, ...]] = {
         "The {product} arrived, but the parcel was opened and resealed with someone else's tape.",
         "{Order} shows delivered to a pickup point I never chose, and I can't find the {product} there.",
     ),
-    "technical": (
-        "My {product} won't turn on anymore. I charged it overnight and nothing happens.",
-        "The {product} keeps disconnecting from Bluetooth every few minutes.",
-        "After the latest firmware update the {product} is stuck on a blinking light.",
-        "The app for the {product} crashes every time I open the settings page.",
-        "The battery in my {product} drains within an hour, even when I'm not using it.",
-        "My {product} makes a loud clicking noise when it starts up.",
-        "I can't get the {product} onto my Wi-Fi. I've reset it {days} times already.",
-        "The {product} shows error code E{code} on startup, and it's not in the manual.",
-        "The display on the {product} flickers constantly.",
-        "The {product} gets really hot after ten minutes of use.",
-        "I followed the setup guide, but my laptop doesn't recognise the {product}.",
-        "The {product} switches itself off at random.",
-        "Since {order} arrived, the {product} has never charged past 50%.",
-        "The buttons on the {product} stopped responding.",
-        "My {product} won't pair with my new phone, although it worked fine with the old one.",
-        "The sound from the {product} keeps cutting out on one side.",
-        "A factory reset didn't help: the {product} still freezes after a few seconds.",
-        "The {product} doesn't show up in the companion app anymore.",
-        "How do I update the firmware on the {product}? The steps in the box don't match what I see.",
-        "The {product} works on battery but not when it's plugged in.",
-        "The touch controls on the {product} trigger on their own.",
-        "The {product} lost all its saved settings after a power cut.",
-        "I keep getting a 'device not supported' message when I set up the {product}.",
-        "The {product} has been really slow to respond since last week.",
-        "The light on the {product} is flashing red and I don't know what that means.",
-        "The {product} loses its connection whenever I move to another room.",
-        "My {product} beeps every few minutes for no reason.",
-        "The {product} won't charge with the cable that came with it.",
-        "The {product} stops halfway through and has to be restarted every time.",
-        "The {product} from {order} is stuck in a reboot loop.",
-        "The {product} stopped syncing with my phone after I updated the app.",
-        "Every time I turn on the {product} it resets to factory settings.",
-        "The {product} shows error E{code} and then shuts down after a couple of minutes.",
-    ),
+    "technical": tuple(template for template, _ in _TECHNICAL),
     "account": (
         "I can't log in to check on the {product} I ordered. The password reset email never arrives.",
         "I'd like to change the email address on the account I used to buy the {product}.",
@@ -416,6 +438,7 @@ class _Facts:
     category: str
     urgency: str
     other: str | None
+    body: int  # index into _BODIES[category]
 
 
 # ------------------------------------------------------------------------------------------- sampling
@@ -428,15 +451,24 @@ def _sample_name(rng: random.Random) -> tuple[str, str]:
     return f"{first} {last}", first
 
 
+def _sample_product(rng: random.Random, category: str, body: int) -> str:
+    """Any product, or for a technical problem one that has what the problem needs."""
+    if category != "technical":
+        return rng.choice(PRODUCTS)
+    needs = set(_TECHNICAL[body][1])
+    return rng.choice([p for p, has in _FEATURES.items() if has and (not needs or needs & set(has))])
+
+
 def _sample_facts(rng: random.Random) -> _Facts:
     category = rng.choice(CATEGORIES)
     urgency = rng.choice(URGENCIES)
     name, first = _sample_name(rng)
-    product = rng.choice(_ELECTRONICS if category == "technical" else PRODUCTS)
+    body = rng.randrange(len(_BODIES[category]))
+    product = _sample_product(rng, category, body)
     p_order = 0.35 if category == "account" else 0.8
     digits = str(rng.randint(10000, 99999)) if rng.random() < p_order else None
     other = rng.choice([p for p in PRODUCTS if p != product]) if rng.random() < 0.2 else None
-    return _Facts(name, first, digits, product, category, urgency, other)
+    return _Facts(name, first, digits, product, category, urgency, other, body)
 
 
 def _cue(rng: random.Random, urgency: str) -> str:
@@ -484,9 +516,9 @@ def _ending(rng: random.Random, name_pos: str) -> list[str]:
     return [rng.choice(_CLOSINGS)] if roll < 0.75 else []
 
 
-def _body(rng: random.Random, facts: _Facts) -> tuple[str, int, bool]:
-    """A body template, its index, and whether the order id still needs a sentence of its own."""
-    index = rng.randrange(len(_BODIES[facts.category]))
+def _body(facts: _Facts) -> tuple[str, int, bool]:
+    """The body template, its index, and whether the order id still needs a sentence of its own."""
+    index = facts.body
     body = _BODIES[facts.category][index]
     needs_order = facts.order_digits is not None and "{order}" not in body.lower()
     return body, index, needs_order
@@ -547,7 +579,7 @@ class _Draft:
 
 def _compose(rng: random.Random, facts: _Facts) -> _Draft:
     name_pos = rng.choices(("start", "middle", "end"), weights=(0.35, 0.25, 0.4))[0]
-    body, index, needs_order = _body(rng, facts)
+    body, index, needs_order = _body(facts)
     order_pos = rng.choice(("head", "after", "after", "after", "end")) if needs_order else "body"
     head, greeting = _head(rng, facts, order_pos == "head")
     sentences = _sentences(rng, facts, name_pos, order_pos, body)
@@ -578,16 +610,22 @@ def _add_typos(rng: random.Random, text: str, count: int) -> str:
 
 
 def _casual(rng: random.Random, text: str) -> tuple[str, list[str]]:
-    """Sometimes type like a hurried customer: lower case, no apostrophes, typos, 'pls'."""
+    """Sometimes type like a hurried customer: lower case, no apostrophes, 'pls', typos.
+
+    Returns the text and the names of the changes that altered it.
+    """
+    changes = (
+        ("lowercase", 0.12, str.lower),
+        ("no_apostrophes", 0.1, lambda t: t.replace("'", "")),
+        ("pls", 0.08, lambda t: re.sub(r"\b([Pp])lease\b", r"\1ls", t)),
+        ("typos", 0.18, lambda t: _add_typos(rng, t, rng.randint(1, 2))),
+    )
     style = []
-    if rng.random() < 0.12:
-        text, style = text.lower(), [*style, "lowercase"]
-    if rng.random() < 0.1:
-        text, style = text.replace("'", ""), [*style, "no_apostrophes"]
-    if rng.random() < 0.08:
-        text, style = re.sub(r"\b([Pp])lease\b", r"\1ls", text), [*style, "pls"]
-    if rng.random() < 0.18:
-        text, style = _add_typos(rng, text, rng.randint(1, 2)), [*style, "typos"]
+    for name, p, change in changes:
+        if rng.random() < p:
+            changed = change(text)
+            if changed != text:
+                text, style = changed, [*style, name]
     return text, style
 
 
@@ -600,7 +638,7 @@ def _after_greeting(greeting: str, first: str, rng: random.Random) -> str:
         return f"{greeting}\n{first}"
     if first.startswith("{Order}"):
         first = "{order}" + first[len("{Order}"):]
-    elif first[:1].isupper() and first[1:2].islower() and not first.startswith(("I ", "I'm")):
+    elif first[:1].isupper() and (first[1:2].islower() or first[1:2] == " ") and not first.startswith(("I ", "I'm")):
         first = first[0].lower() + first[1:]
     return f"{greeting} {first}"
 
