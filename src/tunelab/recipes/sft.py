@@ -200,7 +200,10 @@ class SFTRecipe:
                                      tokens=s.tokens, tokens_per_s=round(s.tokens / elapsed, 1))
                 at_end = s.step >= self.total_steps
                 if (t.eval_every and s.step % t.eval_every == 0) or at_end:
-                    if self._evaluate() and not at_end:
+                    t_eval = time.perf_counter()
+                    stop = self._evaluate()
+                    t0 += time.perf_counter() - t_eval  # throughput and train time exclude validation
+                    if stop and not at_end:
                         s.stopped_early = True
                         console.print(f"early stopping at step {s.step} (best validation loss at step {s.best_step})")
                         break
