@@ -99,7 +99,7 @@ def run_hf_trainer(steps: int) -> dict:
         collator = _PadToMax(tok.pad_token_id)
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
-            lr_scheduler_type="cosine", warmup_ratio=0.05, logging_steps=1000, save_strategy="no",
+            lr_scheduler_type="cosine", warmup_steps=round(0.05 * steps), logging_steps=1000, save_strategy="no",
             report_to=[], use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, seed=0,
             disable_tqdm=True,
         )

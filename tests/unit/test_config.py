@@ -78,3 +78,10 @@ def test_dump_round_trips(tmp_path):
     r = load_recipe(None, ["data.path=x", "train.max_steps=3"])
     again = load_recipe(write(tmp_path, dump_recipe(r)))
     assert again == r
+
+
+def test_docs_config_reference_is_up_to_date():
+    from tunelab.config.reference import render_reference
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert doc.read_text(encoding="utf-8") == render_reference(), "run: python -m tunelab.config.reference > docs/config.md"

@@ -45,7 +45,7 @@ def chat(target: str, prompt: str | None, system: str | None, max_new_tokens: in
     if prompt is not None:
         reply(model, tok, [*base, {"role": "user", "content": prompt}], max_new_tokens, device)
         return 0
-    console.print("[dim]chat with {target}; /reset clears the history, /exit or Ctrl-D quits[/]".format(target=target))
+    console.print(f"[dim]chat with {target}; /reset clears the history, /exit or Ctrl-D quits[/]")
     history = list(base)
     while True:
         try:
