@@ -99,3 +99,13 @@ def test_existing_run_folder_is_not_clobbered(tmp_path, chat_jsonl, tiny_model_d
     (tmp_path / "runs" / "t").mkdir(parents=True)
     with pytest.raises(TunelabError, match="already exists"):
         pipeline.train(recipe, "t")
+
+
+def test_eval_and_chat_verbs_on_a_run_folder(tmp_path, chat_jsonl, tiny_model_dir, capsys):
+    from tunelab.cli.main import main
+
+    run_dir = pipeline.train(_recipe(tmp_path, chat_jsonl, tiny_model_dir, "eval.enabled=false"), "t")
+    assert not (run_dir / "eval").exists()
+    assert main(["eval", str(run_dir)]) == 0
+    assert (run_dir / "eval" / "metrics.json").is_file() and (run_dir / "report.html").is_file()
+    assert main(["chat", str(run_dir), "--prompt", "What color is item 3?", "--max-new-tokens", "3"]) == 0
