@@ -32,9 +32,7 @@ def tokenizer():
     return load_tokenizer("smollm2-135m-instruct")
 
 
-@pytest.fixture()
-def tiny_model(tokenizer):
-    """A 2-layer, hidden-64 random LLaMA with the default vocabulary (fast enough for unit tests)."""
+def _tiny_llama(tokenizer):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -48,21 +46,17 @@ def tiny_model(tokenizer):
     return LlamaForCausalLM(cfg)
 
 
+@pytest.fixture()
+def tiny_model(tokenizer):
+    """A 2-layer, hidden-64 random LLaMA with the default vocabulary (fast enough for unit tests)."""
+    return _tiny_llama(tokenizer)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """The tiny random model saved as a local Hugging Face folder (safetensors + tokenizer)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    _tiny_llama(tokenizer).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
 

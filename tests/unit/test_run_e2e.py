@@ -109,3 +109,15 @@ def test_eval_and_chat_verbs_on_a_run_folder(tmp_path, chat_jsonl, tiny_model_di
     assert main(["eval", str(run_dir)]) == 0
     assert (run_dir / "eval" / "metrics.json").is_file() and (run_dir / "report.html").is_file()
     assert main(["chat", str(run_dir), "--prompt", "What color is item 3?", "--max-new-tokens", "3"]) == 0
+
+
+def test_plain_text_data_is_evaluated_by_perplexity(tmp_path, tiny_model_dir):
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"Line number {i} of a small corpus about the sea.\n" for i in range(60)))
+    recipe = load_recipe(None, [
+        f"data.path={text}", f"model.name={tiny_model_dir}", f"output.dir={tmp_path / 'runs'}", "output.name=p",
+        "train.max_steps=2", "data.split.test=0.2",
+    ])
+    run_dir = pipeline.run(recipe, "p")
+    ev = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert ev["task"] == "perplexity" and ev["tuned"]["perplexity"] > 1 and ev["base"]["perplexity"] > 1

@@ -34,9 +34,12 @@ def _score(model, tokenizer, examples, encoded, recipe: Recipe, task: str, devic
     e = recipe.eval
     t0 = time.perf_counter()
     nll = mean_nll(model, encoded, e.batch_size, tokenizer.pad_token_id, device, precision)
-    preds = generate_answers(model, tokenizer, [ex.prompt_messages for ex in examples], e.max_new_tokens,
-                             e.batch_size, device, label=f"generate ({label})")
-    metrics = compute_task_metrics(task, preds, [ex.reference for ex in examples], e.labels)
+    if task == "perplexity":  # plain text (continued pretraining): nothing to generate from
+        preds, metrics = [""] * len(examples), {"main": "perplexity", "task": task, "n_examples": len(examples)}
+    else:
+        preds = generate_answers(model, tokenizer, [ex.prompt_messages for ex in examples], e.max_new_tokens,
+                                 e.batch_size, device, label=f"generate ({label})")
+        metrics = compute_task_metrics(task, preds, [ex.reference for ex in examples], e.labels)
     if nll is not None:
         metrics["loss"] = round(nll, 5)
         metrics["perplexity"] = round(math.exp(min(nll, 50)), 4)
@@ -47,7 +50,8 @@ def _score(model, tokenizer, examples, encoded, recipe: Recipe, task: str, devic
 def _samples(examples, base_preds, tuned_preds) -> list[dict[str, Any]]:
     rows = []
     for i, ex in enumerate(examples):
-        rows.append({"where": ex.where, "input": ex.prompt_messages[-1]["content"], "reference": ex.reference,
+        text = ex.prompt_messages[-1]["content"] if ex.prompt_messages else (ex.text or "")[:2000]
+        rows.append({"where": ex.where, "input": text, "reference": ex.reference,
                      "base": base_preds[i] if base_preds else None, "tuned": tuned_preds[i]})
     return rows
 
@@ -78,7 +82,10 @@ def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=Non
     if not examples:
         console.print("[yellow]no held-out rows to evaluate (test and validation splits are empty)[/]")
     refs = [ex.reference for ex in examples]
-    task = recipe.eval.task if recipe.eval.task != "auto" else infer_task(refs)
+    if any(not ex.prompt_messages for ex in examples):
+        task = "perplexity"
+    else:
+        task = recipe.eval.task if recipe.eval.task != "auto" else infer_task(refs)
     base_metrics, base_preds = None, None
     if recipe.eval.compare_base and examples:
         base = load_causal_lm(recipe.model.name, recipe.model.trust_remote_code, dtype).to(device)
