@@ -10,7 +10,7 @@ from rich.table import Table
 from tunelab.config.loading import dump_recipe, load_recipe
 from tunelab.util.console import console
 
-__all__ = ["cmd_chat", "cmd_eval", "cmd_models", "cmd_run", "cmd_train", "cmd_validate"]
+__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_models", "cmd_run", "cmd_train", "cmd_validate"]
 
 
 def _recipe(args: argparse.Namespace):
@@ -73,3 +73,35 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from tunelab.cli.chat import chat
 
     return chat(args.target, args.prompt, args.system, args.max_new_tokens)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tunelab.data.stage import curate_file
+    from tunelab.errors import TunelabError
+
+    if not getattr(args, "data_verb", None):
+        raise TunelabError("missing data verb", fix="tunelab data --help lists them (clean, pii, filter, ...)")
+    if args.data_verb == "curate":
+        spec = load_recipe(args.recipe, args.overrides).data
+        steps = list(spec.curate.steps)
+        if not steps:
+            raise TunelabError("the recipe has no data.curate.steps", where=args.recipe,
+                               fix="add e.g. data.curate.steps: [clean, pii, filter, dedup, decontam]")
+    else:
+        spec = load_recipe(None, [f"data.path={args.file}", *(f"data.{o}" for o in args.overrides)]).data
+        steps = [args.data_verb]
+    manifest = curate_file(spec, steps, args.out, args.eval, overwrite=args.overwrite)
+    _print_steps(manifest, args.out)
+    return 0
+
+
+def _print_steps(manifest: dict, out: str) -> None:
+    table = Table(title=f"{manifest['rows_in']} rows in → {manifest['rows_out']} kept, {manifest['rejected']} rejected")
+    for col in ("step", "in", "kept", "rejected", "modified", "details"):
+        table.add_column(col)
+    for s in manifest["steps"]:
+        details = ", ".join(f"{k}: {v}" for k, v in (s.get("details") or {}).items())
+        table.add_row(s["step"], str(s["rows_in"]), str(s["kept"]), str(s["rejected"]), str(s.get("modified", "")),
+                      details)
+    console.print(table)
+    console.print(f"dataset: [bold]{out}[/] (data.jsonl, rejects.jsonl, manifest.json)")

@@ -37,6 +37,17 @@ EXAMPLES = {
           tunelab models
         Lists builtin aliases and models in the local Hugging Face cache, with parameter counts and
         estimated training memory (LoRA on a bf16 base / full fine-tuning, activations not included).""",
+    "data": """
+        examples:
+          tunelab data clean tickets.jsonl -o data/clean curate.clean.strip_html=true
+          tunelab data pii tickets.jsonl -o data/redacted                  (curate.pii.action=drop drops rows)
+          tunelab data filter chats.jsonl -o data/filtered curate.filter.languages=[en]
+          tunelab data dedup ../shared/data/codealpaca/code_alpaca_2k.json -o data/dedup curate.dedup.threshold=0.7
+          tunelab data decontam train.jsonl --eval test.jsonl -o data/decontam
+          tunelab data curate examples/curated.yaml -o data/curated          (the recipe's data.curate.steps)
+        Each writes a dataset folder: data.jsonl, rejects.jsonl (every removed row, its step and reason) and
+        manifest.json (input hashes, steps with parameters and counts). Use the folder as data.path.
+        Overrides are keys of the recipe's data section (format=alpaca, columns={...}, curate.dedup.near=false).""",
     "validate": """
         examples:
           tunelab validate examples/quickstart.yaml
@@ -79,7 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system message")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     _sub(subs, "models", "list available models with sizes and memory estimates", c.cmd_models)
+    _add_data_verbs(_sub(subs, "data", "curate a dataset: clean, pii, filter, dedup, decontam", c.cmd_data))
     return parser
+
+
+DATA_VERBS = {
+    "clean": "normalise text (Unicode NFKC, whitespace, control chars, mojibake; optional HTML and classic NLP)",
+    "pii": "find personal data and secrets and redact them with <TYPE> placeholders (or drop the rows)",
+    "filter": "drop low-quality rows (Gopher repetition/symbol rules, length, language, refusals, degenerate)",
+    "dedup": "drop exact and near-duplicate rows (MinHash LSH), keeping the longest of each cluster",
+    "decontam": "drop training rows that share 13-grams with evaluation data (--eval FILE)",
+    "curate": "run a recipe's data.curate.steps over its data.path",
+}
+
+
+def _add_data_verbs(p: argparse.ArgumentParser) -> None:
+    dsubs = p.add_subparsers(dest="data_verb", metavar="VERB")
+    for verb, help_text in DATA_VERBS.items():
+        v = dsubs.add_parser(verb, help=help_text, description=help_text, epilog=textwrap.dedent(EXAMPLES["data"]),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        v.add_argument("recipe" if verb == "curate" else "file", help="recipe YAML" if verb == "curate" else "data file")
+        v.add_argument("-o", "--out", required=True, help="output dataset folder")
+        v.add_argument("--eval", action="append", default=[], metavar="FILE", help="evaluation data (decontam)")
+        v.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        v.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                       help="recipe overrides" if verb == "curate" else "data-section overrides")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

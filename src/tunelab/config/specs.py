@@ -7,7 +7,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "CURATE_STEPS",
+    "CleanSpec",
+    "CurateSpec",
     "DataSpec",
+    "DecontamSpec",
+    "DedupSpec",
+    "FilterSpec",
+    "PiiSpec",
     "EvalSpec",
     "LoraSpec",
     "MethodSpec",
@@ -28,6 +35,75 @@ class SplitSpec(_Spec):
     validation: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows held out for validation.")
     test: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows held out for the test split.")
     seed: int = Field(0, description="Seed of the deterministic split (hash of seed and row content).")
+
+
+class CleanSpec(_Spec):
+    nfkc: bool = Field(True, description="Unicode NFKC normalisation (full-width forms, ligatures).")
+    whitespace: bool = Field(True, description="Collapse runs of spaces, trim lines, at most one blank line.")
+    control_chars: bool = Field(True, description="Drop control and zero-width characters (keeps newlines, tabs).")
+    strip_html: bool = Field(False, description="Remove HTML tags, scripts and styles; unescape entities.")
+    fix_mojibake: bool = Field(True, description="Repair mis-decoded text (ftfy), e.g. 'cafÃ©' -> 'café'.")
+    lowercase: bool = Field(False, description="Lower-case (classic NLP preprocessing; off for LLMs).")
+    remove_special_chars: bool = Field(False, description="Keep only letters, digits, spaces and .,!?'- .")
+    numbers_to_words: bool = Field(False, description="Spell out numbers (num2words).")
+    remove_stopwords: bool = Field(False, description="Drop English stop words (scikit-learn list).")
+    stem: bool = Field(False, description="Snowball/Porter stemming (exclusive with lemmatize).")
+    lemmatize: bool = Field(False, description="Lemmatise with simplemma (exclusive with stem).")
+    language: str = Field("en", description="Language for numbers, stop words, stemming and lemmas.")
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> CleanSpec:
+        if self.stem and self.lemmatize:
+            raise ValueError("choose either stem or lemmatize, not both")
+        return self
+
+
+class DedupSpec(_Spec):
+    exact: bool = Field(True, description="Drop rows whose normalised text equals an earlier row's.")
+    near: bool = Field(True, description="Drop near-duplicates found by MinHash LSH.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity that confirms a pair.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+    bands: int = Field(16, ge=1, description="LSH bands (rows per band = num_perm / bands).")
+    shingle: int = Field(5, ge=1, description="Word n-gram shingle size (character 5-grams for CJK text).")
+
+
+class PiiSpec(_Spec):
+    action: Literal["redact", "drop"] = Field("redact", description="Replace PII with <TYPE> or drop the row.")
+    types: list[str] | None = Field(None, description="PII types to handle (default: all; see docs/data.md).")
+
+
+class FilterSpec(_Spec):
+    roles: list[str] = Field(["assistant"], description="Turns whose text is checked ('text' rows always are).")
+    min_chars: int = Field(1, ge=0, description="Minimum characters per checked turn.")
+    max_chars: int = Field(100_000, ge=1, description="Maximum characters per checked turn.")
+    max_dup_line_frac: float = Field(0.30, ge=0, le=1, description="Gopher: max fraction of duplicated lines.")
+    max_dup_para_frac: float = Field(0.30, ge=0, le=1, description="Gopher: max fraction of duplicated paragraphs.")
+    max_symbol_word_ratio: float = Field(0.10, ge=0, description="Gopher: max ('#' + '...') per word.")
+    min_alpha_word_frac: float = Field(0.0, ge=0, le=1, description="Min fraction of words with a letter (0.8 for web text).")
+    languages: list[str] | None = Field(None, description="Keep only these ISO 639-1 languages (default: all).")
+    min_language_confidence: float = Field(0.5, ge=0, le=1, description="Below this, the language filter abstains.")
+    drop_refusals: bool = Field(True, description="Drop rows whose answer is a refusal or AI boilerplate.")
+    drop_degenerate: bool = Field(True, description="Drop empty, whitespace-only or one-token-repeated turns.")
+
+
+class DecontamSpec(_Spec):
+    n: int = Field(13, ge=3, description="Word n-gram size for overlap (13 as in GPT-3 / Llama 2).")
+    files: list[str] = Field(default_factory=list, description="Extra evaluation files to check against.")
+    action: Literal["drop", "report"] = Field("drop", description="Drop contaminated training rows or only count them.")
+
+
+CURATE_STEPS = ("clean", "pii", "filter", "dedup", "decontam")
+
+
+class CurateSpec(_Spec):
+    steps: list[Literal["clean", "pii", "filter", "dedup", "decontam"]] = Field(
+        default_factory=list, description="Curation steps to run on the data before training, in this order."
+    )
+    clean: CleanSpec = Field(default_factory=CleanSpec, description="Text normalisers.")
+    pii: PiiSpec = Field(default_factory=PiiSpec, description="Personal data and secrets.")
+    filter: FilterSpec = Field(default_factory=FilterSpec, description="Quality filters (Gopher-style).")
+    dedup: DedupSpec = Field(default_factory=DedupSpec, description="Exact and near-duplicate removal.")
+    decontam: DecontamSpec = Field(default_factory=DecontamSpec, description="Train/eval n-gram overlap.")
 
 
 class DataSpec(_Spec):
@@ -60,6 +136,7 @@ class DataSpec(_Spec):
     eval_limit: int | None = Field(None, ge=1, description="Use at most this many validation and test rows each.")
     split: SplitSpec = Field(default_factory=SplitSpec, description="Deterministic train/validation/test split.")
     encoding: str = Field("utf-8", description="Text encoding of the input files.")
+    curate: CurateSpec = Field(default_factory=CurateSpec, description="Curation steps run before training.")
 
 
 class ModelSpec(_Spec):

@@ -88,7 +88,11 @@ class _Source:
 def resolve_data_path(path: str) -> Path:
     """A data path as a file: ``demo:NAME`` asks `tunelab.data.demo` to write its dataset (JSONL, messages)."""
     if not path.startswith("demo:"):
-        return Path(path).expanduser()
+        p = Path(path).expanduser()
+        # A dataset folder written by `tunelab data ...` (data.jsonl + manifest.json) stands for its data.
+        if p.is_dir() and (p / "data.jsonl").is_file() and (p / "manifest.json").is_file():
+            return p / "data.jsonl"
+        return p
     # Imported here: the demo module is optional for everything else in this package.
     demo = importlib.import_module("tunelab.data.demo")
     return Path(demo.materialize(path.removeprefix("demo:")))
@@ -206,9 +210,41 @@ def _check_train(summary: dict[str, Any], spec: DataSpec) -> None:
 # ---------------------------------------------------------------------------------------------- public
 
 
+def _eval_file_texts(paths: list[str], spec: DataSpec) -> list[str]:
+    """Texts of extra evaluation files for decontamination: every string field of every record."""
+    texts = []
+    for p in paths:
+        for _, record in read_records(resolve_data_path(p), encoding=spec.encoding):
+            texts.append("\n".join(str(v) for v in record.values() if isinstance(v, (str, int, float))))
+    return texts
+
+
+def _curate_splits(assigned: dict[str, list[Example]], rejects: dict[str, list[Reject]], spec: DataSpec) -> list[dict]:
+    """Run data.curate: rewriting steps (clean, pii) on every split, removing steps on train only.
+
+    Evaluation splits are curated first so that decontamination compares training rows with the
+    evaluation text as it will be evaluated (plus any extra files named in data.curate.decontam.files).
+    """
+    from tunelab.data.curate import curate, example_text
+
+    reports: list[dict] = []
+    for name in ("validation", "test", "train"):
+        steps = [s for s in spec.curate.steps if name == "train" or s in ("clean", "pii")]
+        eval_texts = None
+        if name == "train" and "decontam" in steps:
+            eval_texts = [example_text(e) for e in assigned["validation"] + assigned["test"]]
+            eval_texts += _eval_file_texts(spec.curate.decontam.files, spec)
+        result = curate(assigned[name], spec.curate, eval_texts, steps)
+        assigned[name] = result.examples
+        rejects[name].extend(result.rejects)
+        reports.extend({"split": name, **r.to_dict()} for r in result.steps)
+    return reports
+
+
 def _build(spec: DataSpec, tokenizer: Any, files: dict[str, Path], hashes: dict[str, str], key: str) -> PreparedData:
     sources = {role: _load_source(path, hashes[role], spec) for role, path in files.items()}
     assigned, rejects_by_split = _assign(sources, spec)
+    curation = _curate_splits(assigned, rejects_by_split, spec) if spec.curate.steps else []
     splits, encoded, rejects, summaries = {}, {}, [], {}
     for name in SPLITS:
         limit = spec.limit if name == "train" else spec.eval_limit
@@ -218,6 +254,8 @@ def _build(spec: DataSpec, tokenizer: Any, files: dict[str, Path], hashes: dict[
         rejects.extend(split_rejects)
         summaries[name] = _split_summary(sources.get(name, sources["train"]), enc, split_rejects, unused)
     summary = _summary(sources, summaries, rejects, spec)
+    if curation:
+        summary["curation"] = curation
     _check_train(summary, spec)
     return PreparedData(splits, encoded, rejects, summary, key)
 
@@ -239,7 +277,8 @@ def prepare_data(spec: DataSpec, tokenizer: Any) -> PreparedData:
     """
     files = _input_files(spec)
     hashes = _hash_inputs(files)
-    key = cache_key(hashes, spec, tokenizer)
+    extra = {f"decontam:{p}": file_sha256(resolve_data_path(p)) for p in spec.curate.decontam.files}
+    key = cache_key({**hashes, **extra}, spec, tokenizer)
     cached = load_cached(key)
     if cached is not None:
         return PreparedData.from_dict(cached, from_cache=True)

@@ -64,18 +64,20 @@ class Reject:
         where: ``"path:line"`` or ``"path:#index"`` of the row.
         reason: ``"category (details)"``; see the module docstring.
         record: the original record, when there is one.
+        step: the curation step that removed the row, if a curation step did.
     """
 
     where: str
     reason: str
     record: dict[str, Any] | None = None
+    step: str | None = None  # the curation step that removed it (None: reading, format or tokenization)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Reject:
-        return cls(where=d["where"], reason=d["reason"], record=d.get("record"))
+        return cls(where=d["where"], reason=d["reason"], record=d.get("record"), step=d.get("step"))
 
 
 def reason_key(reason: str) -> str:

@@ -251,9 +251,25 @@ class SFTRecipe:
         write_manifest(
             d, seed=r.train.seed, model={"name": r.model.name, "path": str(self.resolved.path),
                                          "source": self.resolved.source},
-            data={"fingerprint": self.data.fingerprint, "files": self.data.summary.get("files", {})},
+            data=self._data_lineage(),
             timings=timings, method=r.method.name,
         )
+
+    def _data_lineage(self) -> dict[str, Any]:
+        """Which data this run used: input hashes, curation steps run here, and a curated dataset's identity."""
+        from tunelab.data.pipeline import resolve_data_path
+        from tunelab.data.stage import dataset_manifest
+
+        summary = self.data.summary
+        lineage: dict[str, Any] = {"fingerprint": self.data.fingerprint, "files": summary.get("files", {})}
+        if summary.get("curation"):
+            lineage["curation"] = [{k: c[k] for k in ("split", "step", "rows_in", "kept", "rejected")}
+                                   for c in summary["curation"]]
+        ds = dataset_manifest(resolve_data_path(self.recipe.data.path))
+        if ds:
+            lineage["dataset"] = {"path": self.recipe.data.path, "fingerprint": ds.get("fingerprint"),
+                                  "steps": [st["step"] for st in ds.get("steps", [])]}
+        return lineage
 
     def cleanup(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,79 @@
+"""`tunelab data <verb>`: run curation steps over a whole file and write a self-describing dataset folder.
+
+The folder holds ``data.jsonl`` (canonical rows: ``{"messages": [...]}`` or ``{"text": ...}``),
+``rejects.jsonl`` (every removed row with its step and reason) and ``manifest.json`` (input hashes, every
+step with its parameters and counts in/out, and a content fingerprint). A recipe can use the folder as
+``data.path``; the run's manifest then names the dataset's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunelab.config.specs import DataSpec
+from tunelab.data.curate import curate, example_text
+from tunelab.data.formats import resolve_format, to_examples
+from tunelab.data.pipeline import resolve_data_path, write_rejects
+from tunelab.data.readers import file_sha256, read_records
+from tunelab.data.records import Example
+from tunelab.errors import TunelabError
+from tunelab.util.io import atomic_write_json, atomic_write_text, sha256_file
+
+__all__ = ["curate_file", "dataset_manifest"]
+
+
+def _row(ex: Example) -> dict[str, Any]:
+    return {"text": ex.text} if ex.text is not None else {"messages": ex.messages}
+
+
+def _eval_texts(eval_files: list[str], spec: DataSpec) -> list[str]:
+    texts = []
+    for f in eval_files:
+        records = read_records(resolve_data_path(f), delimiter=spec.delimiter, encoding=spec.encoding)
+        examples, _ = to_examples(records, spec.model_copy(update={"columns": {}, "prompt_template": None}),
+                                  fmt=resolve_format(records, spec.model_copy(update={"format": "auto", "columns": {}})))
+        texts.extend(example_text(ex) for ex in examples)
+    return texts
+
+
+def dataset_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of a dataset folder that `data_path` points into, or None for a plain file."""
+    folder = path.parent if path.name == "data.jsonl" else path
+    m = folder / "manifest.json"
+    return json.loads(m.read_text(encoding="utf-8")) if m.is_file() else None
+
+
+def curate_file(spec: DataSpec, steps: list[str], out_dir: str | Path, eval_files: list[str] | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
+    """Read spec.path, run `steps` over all of its rows, write the dataset folder; returns the manifest."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise TunelabError(f"output folder is not empty: {out}", fix="choose another --out or pass --overwrite")
+    src = resolve_data_path(spec.path)
+    records = read_records(src, delimiter=spec.delimiter, encoding=spec.encoding)
+    fmt = resolve_format(records, spec)
+    examples, format_rejects = to_examples(records, spec, fmt=fmt)
+    eval_texts = _eval_texts(eval_files or [], spec) + _eval_texts(spec.curate.decontam.files, spec)
+    if "decontam" in steps and not eval_texts:
+        raise TunelabError("decontam needs evaluation data", fix="pass --eval FILE (repeatable)")
+    result = curate(examples, spec.curate, eval_texts, steps)
+    out.mkdir(parents=True, exist_ok=True)
+    data_path = out / "data.jsonl"
+    atomic_write_text(data_path, "".join(json.dumps(_row(ex), ensure_ascii=False) + "\n" for ex in result.examples))
+    write_rejects(format_rejects + result.rejects, out / "rejects.jsonl")
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": [{"path": str(src), "sha256": file_sha256(src), "rows": len(records), "format": fmt}]
+        + [{"path": f, "sha256": file_sha256(resolve_data_path(f)), "role": "evaluation"}
+           for f in (eval_files or []) + spec.curate.decontam.files],
+        "steps": [{"step": "read", "rows_in": len(records), "kept": len(examples), "rejected": len(format_rejects)}]
+        + [r.to_dict() for r in result.steps],
+        "rows_in": len(records), "rows_out": len(result.examples),
+        "rejected": len(format_rejects) + len(result.rejects),
+        "fingerprint": sha256_file(data_path),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
