@@ -134,7 +134,7 @@ def test_write_rejects(tmp_path):
     out = write_rejects(rejects, tmp_path / "sub" / "rejects.jsonl")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows == [r.to_dict() for r in rejects]
-    assert set(rows[0]) == {"where", "reason", "record"}
+    assert set(rows[0]) == {"where", "reason", "record", "step"}
 
 
 @pytest.mark.shared_data

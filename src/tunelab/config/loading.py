@@ -90,7 +90,9 @@ def _describe(err: dict[str, Any]) -> tuple[str, str | None]:
         return f"missing required key '{key}'", "add it to the recipe or pass it as an override"
     got = err.get("input")
     got_s = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"'{key}': {err['msg'].lower()} (got {got_s})", None
+    msg = err["msg"]
+    msg = msg[:1].lower() + msg[1:]
+    return f"'{key}': {msg} (got {got_s})", None
 
 
 def _validation_error(e: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> TunelabError:

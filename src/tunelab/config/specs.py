@@ -38,8 +38,10 @@ class SplitSpec(_Spec):
 
 
 class CleanSpec(_Spec):
-    nfkc: bool = Field(True, description="Unicode NFKC normalisation (full-width forms, ligatures).")
-    whitespace: bool = Field(True, description="Collapse runs of spaces, trim lines, at most one blank line.")
+    nfkc: bool = Field(True, description="Unicode NFKC (full-width letters/digits, ligatures, NBSP); keeps "
+                       "CJK full-width punctuation and super/subscripts whose folding changes meaning.")
+    whitespace: bool = Field(True, description="Drop trailing spaces and the common margin, collapse runs after a "
+                             "line's indentation (code stays intact), at most one blank line.")
     control_chars: bool = Field(True, description="Drop control and zero-width characters (keeps newlines, tabs).")
     strip_html: bool = Field(False, description="Remove HTML tags, scripts and styles; unescape entities.")
     fix_mojibake: bool = Field(True, description="Repair mis-decoded text (ftfy), e.g. 'cafÃ©' -> 'café'.")
@@ -52,9 +54,10 @@ class CleanSpec(_Spec):
     language: str = Field("en", description="Language for numbers, stop words, stemming and lemmas.")
 
     @model_validator(mode="after")
-    def _exclusive(self) -> CleanSpec:
-        if self.stem and self.lemmatize:
-            raise ValueError("choose either stem or lemmatize, not both")
+    def _consistent(self) -> CleanSpec:
+        from tunelab.data.clean import CleanOptions
+
+        CleanOptions(**self.model_dump())  # raises ValueError for stem+lemmatize or an unsupported language
         return self
 
 
@@ -70,6 +73,16 @@ class DedupSpec(_Spec):
 class PiiSpec(_Spec):
     action: Literal["redact", "drop"] = Field("redact", description="Replace PII with <TYPE> or drop the row.")
     types: list[str] | None = Field(None, description="PII types to handle (default: all; see docs/data.md).")
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, v: list[str] | None) -> list[str] | None:
+        from tunelab.data.pii import PII_TYPES
+
+        unknown = [t for t in v or [] if t.upper() not in PII_TYPES]
+        if unknown:
+            raise ValueError(f"unknown PII type(s) {unknown}; known: {', '.join(PII_TYPES)}")
+        return v
 
 
 class FilterSpec(_Spec):

@@ -6,8 +6,10 @@ field and runs only when that field is true):
 1. ``fix_mojibake`` — repair text decoded with the wrong codec (``cafÃ©`` → ``café``) with ftfy, limited to
    its encoding fixes: it does not touch quotes, character width, line breaks or HTML entities, which are
    other steps' business (or nobody's).
-2. ``nfkc`` — Unicode NFKC: full-width ``ＡＢＣ１２３`` → ``ABC123``, NBSP → space, ligatures split. Also
-   lossy by design: ``x²`` → ``x2``, ``…`` → ``...``, ``™`` → ``TM``.
+2. ``nfkc`` — Unicode NFKC: full-width ``ＡＢＣ１２３`` → ``ABC123``, NBSP → space, ``ﬁ`` → ``fi``,
+   ``™`` → ``TM``. Except where folding would change the text's meaning or its language's writing
+   (`_NFKC_KEPT`): superscripts and subscripts (``mc²``), fractions (``½``), ordinals (``1º``), and the
+   punctuation of Chinese and Japanese (full-width ``，！？：（）``, the ellipsis ``……``) stay as they are.
 3. ``control_chars`` — line endings (CRLF, CR, VT, FF, NEL, U+2028/9) become ``\\n``; ANSI terminal
    escapes, other C0/C1 controls and DEL are dropped, ``\\n`` and ``\\t`` kept; zero-width U+200B–U+200D
    and U+FEFF are dropped (note: that includes the joiner inside emoji sequences such as 👨‍👩‍👧).
@@ -15,9 +17,11 @@ field and runs only when that field is true):
    entities unescaped, block elements and ``<br>`` become line breaks. Tags that are not HTML elements
    (``<think>``, ``<tool_call>``) are kept as text: chat data uses them. Off by default, because text
    that is not HTML (``if a<b and c>d``) can look like it.
-5. ``whitespace`` — runs of horizontal whitespace (any Unicode space, tabs) become one space, lines are
-   trimmed, three or more newlines become two, the ends are stripped. Single newlines are kept: they carry
-   structure in chat data.
+5. ``whitespace`` — within a line, runs of horizontal whitespace (any Unicode space, tabs) become one
+   space and trailing whitespace goes; indentation is kept relative to the least indented line (the
+   common margin goes, as with ``textwrap.dedent``), because code and nested lists in chat data need it.
+   Whitespace-only lines become empty, three or more newlines become two, blank lines at the ends go.
+   Single newlines are kept: they carry structure in chat data.
 6. ``lowercase`` — ``str.lower``.
 7. ``numbers_to_words`` — integers and decimals (``1,234``, ``3.5``) spelled out with num2words in
    ``language``; digits inside words (``mp3``) are left alone.
@@ -39,12 +43,16 @@ options it is idempotent: ``clean_text(clean_text(x), o) == clean_text(x, o)``. 
 from __future__ import annotations
 
 import re
+import textwrap
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cache, lru_cache
 from html.parser import HTMLParser
+
+# ftfy, num2words, scikit-learn, simplemma and nltk are imported where they are used: scikit-learn and
+# nltk alone take seconds to import, and most runs use none of the classic-NLP steps.
 
 __all__ = ["CLEAN_STEPS", "CleanOptions", "clean_text", "enabled_steps"]
 
@@ -71,7 +79,8 @@ class CleanOptions:
 
     Attributes:
         nfkc: Unicode NFKC normalisation.
-        whitespace: collapse spaces, trim lines, at most one blank line, strip the ends.
+        whitespace: collapse spaces within lines, drop trailing spaces and the common indentation, at most
+            one blank line, no blank lines at the ends.
         control_chars: normalise line endings; drop control, escape and zero-width characters.
         strip_html: drop HTML tags, script and style content; unescape entities.
         fix_mojibake: repair wrongly decoded text with ftfy.
@@ -136,8 +145,22 @@ def _ftfy_config():
     )
 
 
+# Left out of NFKC because folding them changes what the text says or how its language is written:
+# superscripts and subscripts (mc² is not mc2), vulgar fractions (½ is not 1⁄2), ordinal indicators (1º),
+# and the punctuation of Chinese and Japanese: full-width forms (，！？：（）) and the ellipsis (……).
+_NFKC_KEPT = re.compile(
+    "[\u00aa\u00b2\u00b3\u00b9\u00ba\u00bc-\u00be\u2025\u2026\u2070-\u209f\u2150-\u215f\u2189"
+    "\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e]+"
+)
+
+
 def _nfkc(text: str, opts: CleanOptions) -> str:
-    return unicodedata.normalize("NFKC", text)
+    pieces, pos = [], 0
+    for m in _NFKC_KEPT.finditer(text):
+        pieces += [unicodedata.normalize("NFKC", text[pos:m.start()]), m.group()]
+        pos = m.end()
+    pieces.append(unicodedata.normalize("NFKC", text[pos:]))
+    return "".join(pieces)
 
 
 _LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x85\u2028\u2029]")
@@ -188,13 +211,13 @@ class _TextExtractor(HTMLParser):
         elif tag in _HIDDEN:
             self.hidden_depth += 1
         elif tag in _BLOCKS:
-            self.parts.append("\n")
+            self._line_break(always=tag == "br")
 
     def handle_startendtag(self, tag: str, attrs: list) -> None:
         if tag not in _HTML_ELEMENTS:
             self._emit(self.get_starttag_text() or "")
         elif tag in _BLOCKS:
-            self.parts.append("\n")
+            self._line_break(always=tag == "br")
 
     def handle_endtag(self, tag: str) -> None:
         if tag not in _HTML_ELEMENTS:
@@ -202,7 +225,7 @@ class _TextExtractor(HTMLParser):
         elif tag in _HIDDEN:
             self.hidden_depth = max(0, self.hidden_depth - 1)
         elif tag in _BLOCKS:
-            self.parts.append("\n")
+            self._line_break()
 
     def handle_data(self, data: str) -> None:
         self._emit(data)
@@ -211,12 +234,26 @@ class _TextExtractor(HTMLParser):
         if not self.hidden_depth:
             self.parts.append(text)
 
+    def _line_break(self, always: bool = False) -> None:
+        # A block boundary starts a new line, once: "</li><li>" is one break, not a blank line between
+        # items. Each <br> is a break of its own, so "<br><br>" still leaves a blank line.
+        if always or (self.parts and not self.parts[-1].endswith("\n")):
+            self._emit("\n")
 
-def _strip_html(text: str, opts: CleanOptions) -> str:
+
+def _extract_text(html: str) -> str:
     parser = _TextExtractor()
-    parser.feed(text)
+    parser.feed(html)
     parser.close()  # flushes text held back in case it was the start of a tag
     return "".join(parser.parts)
+
+
+def _strip_html(text: str, opts: CleanOptions) -> str:
+    try:
+        return _extract_text(text)
+    except AssertionError:
+        # The stdlib parser asserts on malformed declarations such as "<![junk"; read every "<!" as text.
+        return _extract_text(text.replace("<!", "&lt;!"))
 
 
 # ---- 5-6: layout and case ----------------------------------------------------------------------------
@@ -224,9 +261,17 @@ def _strip_html(text: str, opts: CleanOptions) -> str:
 _HSPACE = re.compile(r"[^\S\n]+")  # any whitespace but the newline
 
 
+def _tidy_line(line: str) -> str:
+    """Collapse whitespace runs after the indentation and drop trailing whitespace; blank lines become empty."""
+    body = line.lstrip(" \t")
+    return line[: len(line) - len(body)] + _HSPACE.sub(" ", body).strip() if body.strip() else ""
+
+
 def _whitespace(text: str, opts: CleanOptions) -> str:
-    lines = (_HSPACE.sub(" ", line).strip() for line in text.split("\n"))
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    # Relative indentation is kept (the common margin goes, as with textwrap.dedent): code and nested
+    # lists in chat data mean something by it, and collapsing it would break every Python answer.
+    text = textwrap.dedent("\n".join(_tidy_line(line) for line in text.split("\n")))
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
 
 
 def _squeeze(text: str) -> str:
@@ -243,6 +288,7 @@ def _lowercase(text: str, opts: CleanOptions) -> str:
 
 # Digits touching a letter, digit or underscore are part of a word (mp3, COVID19, 3rd) and stay.
 _NUMBER = re.compile(r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w]|[.,]\d)")
+_MAX_SPELLED_DIGITS = 15  # longer runs are IDs, not quantities
 
 
 def _num2words_language(language: str) -> str | None:
@@ -257,6 +303,8 @@ def _num2words_language(language: str) -> str | None:
 def _spell_number(m: re.Match, lang: str) -> str:
     from num2words import num2words
 
+    if len(m.group().split(".")[0].replace(",", "")) > _MAX_SPELLED_DIGITS:
+        return m.group()  # num2words also garbles numbers this long
     try:
         return num2words(Decimal(m.group().replace(",", "")), lang=lang)
     except (ArithmeticError, InvalidOperation, NotImplementedError, OverflowError, ValueError, TypeError):
@@ -278,7 +326,8 @@ _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # letters (any script), with in
 def _keep_char(ch: str) -> bool:
     if ch.isspace() or ch in _KEPT_PUNCTUATION:
         return True
-    return unicodedata.category(ch)[0] in "LM" or unicodedata.category(ch) == "Nd"
+    category = unicodedata.category(ch)
+    return category[0] in "LM" or category == "Nd"  # letters and marks of any script, decimal digits
 
 
 def _remove_special_chars(text: str, opts: CleanOptions) -> str:

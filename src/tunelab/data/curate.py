@@ -111,7 +111,7 @@ def _filter_reasons(ex: Example, spec: FilterSpec, th) -> list[str]:
         if spec.drop_degenerate and (why := is_degenerate(text)):
             reasons.append(f"degenerate {role} turn ({why})")
             continue
-        reasons.extend(f"{r} [{role}]" if " (" not in r else r.replace(" (", f" ({role}: ", 1)
+        reasons.extend(f"{r} ({role} turn)" if " (" not in r else r.replace(" (", f" ({role} turn: ", 1)
                        for r in check_text(text, th, role=role))
     return reasons
 

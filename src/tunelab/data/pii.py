@@ -73,16 +73,15 @@ Check = Callable[[re.Match, str], "Span | None"]
 
 @dataclass(frozen=True)
 class _Rule:
-    """A pattern for one type, and the check a candidate must pass (it may narrow the span)."""
+    """A pattern for one type, and the check a candidate must pass (it returns the span, maybe narrowed)."""
 
     type: str
     pattern: re.Pattern
     check: Check | None = None
-    group: int | str = 0
 
     def scan(self, text: str) -> Iterator[PiiMatch]:
         for m in self.pattern.finditer(text):
-            span = self.check(m, text) if self.check else m.span(self.group)
+            span = self.check(m, text) if self.check else m.span()
             if span is not None and span[0] < span[1]:
                 yield PiiMatch(self.type, span[0], span[1], text[span[0]:span[1]])
 
@@ -103,7 +102,10 @@ _EMAIL = re.compile(
 
 
 def _check_email(m: re.Match, text: str) -> Span | None:
-    return None if ".." in m.group() else m.span()
+    # "git@github.com:org/repo" is an SSH remote (user@host:path), not a mailbox.
+    if ".." in m.group() or re.match(r":[\w~/.-]", text[m.end():m.end() + 2]):
+        return None
+    return m.span()
 
 
 # ---- phone numbers -----------------------------------------------------------------------------------
@@ -135,8 +137,11 @@ _PHONE_CN = re.compile(r"(?<![\w+.-])1[3-9]\d(?P<sep>[ -])\d{4}(?P=sep)\d{4}" + 
 
 
 def _check_phone_intl(m: re.Match, text: str) -> Span | None:
-    # E.164 allows at most 15 digits; fewer than 9 is a short code or not a phone at all.
-    return m.span() if 9 <= len(_digits(m.group())) <= 15 else None
+    # E.164 allows at most 15 digits; fewer than 9 is a short code or not a phone at all. Without any
+    # separator, "+" and a long digit run is as often arithmetic as a phone: ask for a common length.
+    n = len(_digits(m.group()))
+    ok = 9 <= n <= 15 if re.search(r"[ .()-]", m.group()) else 10 <= n <= 14
+    return m.span() if ok else None
 
 
 def _check_phone_trunk0(m: re.Match, text: str) -> Span | None:
@@ -163,10 +168,9 @@ _CARD = re.compile(
     r"(?![\w]|[ -]?\d)",
     re.ASCII,
 )
-_ANY_LENGTH = tuple(range(12, 20))
 # (issuer, inclusive prefix ranges, allowed lengths): a Luhn-valid number outside these is not a card.
 _CARD_ISSUERS: tuple[tuple[str, tuple[tuple[int, int], ...], tuple[int, ...]], ...] = (
-    ("visa", ((4, 4),), (13, 16, 19)),
+    ("visa", ((4, 4),), (16, 19)),  # 13-digit Visas are no longer issued; 13-digit runs are common
     ("mastercard", ((51, 55), (2221, 2720)), (16,)),
     ("amex", ((34, 34), (37, 37)), (15,)),
     ("discover", ((6011, 6011), (644, 649), (65, 65)), (16, 17, 18, 19)),
@@ -175,7 +179,7 @@ _CARD_ISSUERS: tuple[tuple[str, tuple[tuple[int, int], ...], tuple[int, ...]], .
     ("unionpay", ((62, 62),), (16, 17, 18, 19)),
     ("mir", ((2200, 2204),), (16, 17, 18, 19)),
     ("maestro", ((5018, 5018), (5020, 5020), (5038, 5038), (5893, 5893), (6304, 6304), (6759, 6759),
-                 (6761, 6763)), _ANY_LENGTH),
+                 (6761, 6763)), (16, 17, 18, 19)),
 )
 
 
@@ -240,7 +244,7 @@ def _check_iban(m: re.Match, text: str) -> Span | None:
 
 # ---- network -----------------------------------------------------------------------------------------
 
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)", re.ASCII)
+_IPV4 = re.compile(r"(?<![\w.-])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)", re.ASCII)  # not pkg-3.6.0.0
 _VERSION_BEFORE = re.compile(r"(?i)(?:\b(?:version|ver|release|rev|build)\.?|\bv)\s*$")
 _IPV6 = re.compile(
     r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}"
@@ -249,12 +253,25 @@ _IPV6 = re.compile(
 )
 
 
+def _is_outline_number(m: re.Match, text: str) -> bool:
+    """A section number such as ``1.2.3.1 Scope`` at the start of a line: small parts, first below 10."""
+    line_start = text.rfind("\n", 0, m.start()) + 1
+    parts = [int(p) for p in m.group().split(".")]
+    return not text[line_start:m.start()].strip() and parts[0] < 10 and max(parts) <= 30
+
+
 def _check_ipv4(m: re.Match, text: str) -> Span | None:
     if _VERSION_BEFORE.search(text[max(0, m.start() - 12):m.start()]):  # "version 1.2.3.4" is not an IP
         return None
+    if _is_outline_number(m, text):
+        return None
     try:
-        ipaddress.IPv4Address(m.group())  # octets 0-255, no leading zeros
+        address = ipaddress.IPv4Address(m.group())  # octets 0-255, no leading zeros
     except ValueError:
+        return None
+    # Loopback, 0.0.0.0 and netmasks (255.255.255.0: ones then zeros) identify no one.
+    inverted = ~int(address) & 0xFFFFFFFF
+    if address.is_loopback or address.is_unspecified or inverted & (inverted + 1) == 0:
         return None
     return m.span()
 
@@ -272,8 +289,16 @@ def _check_ipv6(m: re.Match, text: str) -> Span | None:
 
 
 _URL_CREDENTIALS = re.compile(
-    r"(?<![\w+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://(?P<cred>[^\s:/?#@]{1,128}:[^\s/?#]{1,256}@)", re.ASCII
+    r"(?<![\w+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://(?P<cred>[^\s:/?#@]{1,128}:(?P<password>[^\s/?#]{1,256})@)",
+    re.ASCII,
 )
+
+
+def _check_url_credentials(m: re.Match, text: str) -> Span | None:
+    # "user:...@", "user:***@", "user:<password>@", "user:${PASS}@" show where a password goes, not one.
+    password = m.group("password")
+    placeholder = re.fullmatch(r"[.*x•]+", password) or password[0] in "<{$[%"
+    return None if placeholder else m.span("cred")
 
 
 # ---- national identifiers ----------------------------------------------------------------------------
@@ -338,15 +363,21 @@ _PRIVATE_KEY = re.compile(
 )
 _BEARER = re.compile(r"(?<![\w-])[Bb]earer\s+(?P<value>[A-Za-z0-9._~+/-]{20,}=*)", re.ASCII)
 _ASSIGNMENT = re.compile(
-    r"(?<![A-Za-z0-9])(?P<key>[A-Za-z0-9_.-]{0,40}?(?:password|passwd|passphrase|secret|api[_-]?key|apikey"
-    r"|access[_-]?key|private[_-]?key|auth[_-]?token|access[_-]?token|refresh[_-]?token|token))"
-    r"[\"']?[ \t]*(?P<sep>(?<![=!<>])[:=](?!=))[ \t]*"
-    r"(?P<q>[\"'])?(?P<value>(?(q)[^\"'\r\n]{1,256}|[^\s\"',;&]{1,256}))(?(q)(?P=q))",
+    # Anchored on the keyword (the rest of the key name is read backwards by the check): trying a key prefix
+    # at every word start was the slowest pattern here by far.
+    r"(?P<kw>password|passwd|passphrase|secret|api[_-]?key|apikey|access[_-]?key|private[_-]?key|token)"
+    r"[\"']?(?P<pre>[ \t]*)(?P<sep>(?<![=!<>])[:=](?!=))(?P<post>[ \t]*)"
+    # Unquoted values are printable ASCII: "password=hunter2，谢谢" ends at the full-width comma.
+    r"(?P<q>[\"'])?(?P<value>(?(q)[^\"'\r\n]{1,256}|(?:(?![\"',;&])[!-~]){1,256}))(?(q)(?P=q))",
     re.ASCII | re.IGNORECASE,
 )
 # Tokenizer settings are not credentials: pad_token: "<pad>", eos_token = "</s>".
 _SPECIAL_TOKEN_KEY = re.compile(r"(?i)(?:^|[_.-])(?:pad|eos|bos|unk|sep|cls|mask|start|end|special)[_-]?token$")
 _NOT_A_VALUE = {"none", "null", "nil", "true", "false", "undefined", "redacted", "required", "optional"}
+_PLACEHOLDER_VALUE = re.compile(r"(?i)^(?:your|enter|insert)(?:[_ -]|$)|^your(?=[a-z]*(?:key|token|secret|pass))"
+                                r"|placeholder|_here$|^x{4,}$")
+_CODE_WORDS = {"async", "await", "new", "this", "self", "cls", "function", "lambda", "return", "static",
+               "const", "final", "private", "public", "string", "bytes"}
 
 
 def _check_sk_key(m: re.Match, text: str) -> Span | None:
@@ -359,26 +390,68 @@ def _check_bearer(m: re.Match, text: str) -> Span | None:
     return m.span("value") if re.search(r"\d", m.group("value")) else None
 
 
-def _plausible_secret(value: str, sep: str, quoted: bool) -> bool:
-    """Whether an assigned value looks like a real secret rather than a placeholder or prose."""
-    if len(value) < 4 or value[0] in "<[{($%*" or value.lower() in _NOT_A_VALUE:
-        return False  # placeholders, templates, env references, our own <SECRET> (keeps redact idempotent)
-    if quoted or sep == "=":
-        return "(" not in value and not re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", value)
-    # "Password: please reset it" is prose; a YAML value with a digit, symbol or mixed case is not.
+def _is_placeholder(value: str) -> bool:
+    """Template values (``<SECRET>``, ``${DB_PASS}``, ``your_api_key_here``, ``None``), not secrets.
+
+    Values starting with ``<`` include our own placeholder, which keeps `redact` idempotent.
+    """
+    return len(value) < 4 or value[0] in "<[{($%*" or value.lower() in _NOT_A_VALUE or bool(
+        _PLACEHOLDER_VALUE.search(value))
+
+
+def _is_code_reference(m: re.Match, value: str) -> bool:
+    """An unquoted value that is code, not a literal: ``getenv("X")``, ``settings.KEY``, ``Password = password``."""
+    if re.search(r"[()\[\]{}]", value) or value.lower() in _CODE_WORDS:
+        return True
+    if re.fullmatch(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", value):
+        return True  # a CONSTANT_NAME or an attribute path
+    # A spaced assignment from a variable named after the key is code; "password=mypassword" is config.
+    spaced = m.group("pre") or m.group("post")
+    return bool(spaced and re.fullmatch(r"[A-Za-z_]\w*", value) and m.group("kw").lower() in value.lower())
+
+
+def _looks_like_prose(value: str) -> bool:
+    """After a colon, a plain lowercase word is prose ("Password: required"), not a YAML secret."""
     has_signal = re.search(r"[\d\W_]", value) or (value.lower() != value and value.upper() != value)
-    return bool(has_signal) or len(value) >= 16
+    return not has_signal and len(value) < 16
+
+
+def _key_start(m: re.Match, text: str) -> int:
+    """Where the key whose name ends with the matched keyword starts: ``DB_PASSWORD``, ``cfg.pad_token``."""
+    start = m.start()
+    while start > 0 and m.start() - start < 40 and (text[start - 1].isascii() and text[start - 1].isalnum()
+                                                     or text[start - 1] in "_.-"):
+        start -= 1
+    return start
+
+
+def _is_config_key(key: str, text: str, key_start: int) -> bool:
+    """A key as written in config (``db_password``, ``apiKey``, a line's first word, a JSON key), not prose.
+
+    After a colon only such keys count: "we must talk in secret:--nurse" is Shakespeare.
+    """
+    if re.search(r"[_.-]|[a-z][A-Z]", key):
+        return True
+    before = text[text.rfind("\n", 0, key_start) + 1:key_start].strip()
+    return not before or before[-1] in "{,\"'-"
 
 
 def _check_assignment(m: re.Match, text: str) -> Span | None:
-    if _SPECIAL_TOKEN_KEY.search(m.group("key")):
+    key_start = _key_start(m, text)
+    key = text[key_start:m.end("kw")]
+    if _SPECIAL_TOKEN_KEY.search(key):
         return None
     quoted = m.group("q") is not None
-    start, end = m.span("value")
     # Unquoted, a trailing full stop or colon ends the sentence, not the password.
-    value = m.group("value") if quoted else m.group("value").rstrip(".:!?)")
-    ok = _plausible_secret(value, m.group("sep"), quoted)
-    return (start, start + len(value)) if ok else None
+    value = m.group("value") if quoted else m.group("value").rstrip(".:)")
+    if _is_placeholder(value) or value != value.strip():  # '"PASSWORD=" + pw + ";"' quotes code, not a secret
+        return None
+    if not quoted and _is_code_reference(m, value):
+        return None
+    if not quoted and m.group("sep") == ":" and (_looks_like_prose(value) or not _is_config_key(key, text, key_start)):
+        return None
+    start = m.start("value")
+    return start, start + len(value)
 
 
 # ---- detection ---------------------------------------------------------------------------------------
@@ -389,7 +462,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("SECRET", _SK_KEY, _check_sk_key),
     _Rule("SECRET", _BEARER, _check_bearer),
     _Rule("SECRET", _ASSIGNMENT, _check_assignment),
-    _Rule("URL_CREDENTIALS", _URL_CREDENTIALS, group="cred"),
+    _Rule("URL_CREDENTIALS", _URL_CREDENTIALS, _check_url_credentials),
     _Rule("EMAIL", _EMAIL, _check_email),
     _Rule("IBAN", _IBAN, _check_iban),
     _Rule("CREDIT_CARD", _CARD, _check_card),
@@ -462,7 +535,7 @@ def redact(
     Args:
         text: any text.
         types: the types to redact (see `find_pii`); None for all.
-        placeholder: format string; ``{type}`` becomes the type name.
+        placeholder: the replacement; ``{type}`` in it becomes the type name.
 
     Returns:
         The redacted text and the number of replacements per type (types with none are left out).
@@ -471,7 +544,7 @@ def redact(
     counts: dict[str, int] = {}
     pos = 0
     for m in find_pii(text, types):
-        pieces += [text[pos:m.start], placeholder.format(type=m.type)]
+        pieces += [text[pos:m.start], placeholder.replace("{type}", m.type)]
         counts[m.type] = counts.get(m.type, 0) + 1
         pos = m.end
     pieces.append(text[pos:])

@@ -24,7 +24,7 @@ from tunelab.data.tokenize import encode_example
 from tunelab.errors import TunelabError
 from tunelab.util.io import atomic_write_text
 
-__all__ = ["PreparedData", "prepare_data", "resolve_data_path", "write_rejects"]
+__all__ = ["PreparedData", "eval_file_texts", "prepare_data", "resolve_data_path", "write_rejects"]
 
 _ROLE_KEYS = {"train": "path", "validation": "validation_path", "test": "test_path"}
 
@@ -210,12 +210,22 @@ def _check_train(summary: dict[str, Any], spec: DataSpec) -> None:
 # ---------------------------------------------------------------------------------------------- public
 
 
-def _eval_file_texts(paths: list[str], spec: DataSpec) -> list[str]:
-    """Texts of extra evaluation files for decontamination: every string field of every record."""
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def eval_file_texts(paths: list[str], spec: DataSpec) -> list[str]:
+    """Texts of evaluation files for decontamination: every string in every record, whatever its format."""
     texts = []
     for p in paths:
-        for _, record in read_records(resolve_data_path(p), encoding=spec.encoding):
-            texts.append("\n".join(str(v) for v in record.values() if isinstance(v, (str, int, float))))
+        for _, record in read_records(resolve_data_path(p), delimiter=spec.delimiter, encoding=spec.encoding):
+            texts.append("\n".join(_strings(record)))
     return texts
 
 
@@ -233,7 +243,7 @@ def _curate_splits(assigned: dict[str, list[Example]], rejects: dict[str, list[R
         eval_texts = None
         if name == "train" and "decontam" in steps:
             eval_texts = [example_text(e) for e in assigned["validation"] + assigned["test"]]
-            eval_texts += _eval_file_texts(spec.curate.decontam.files, spec)
+            eval_texts += eval_file_texts(spec.curate.decontam.files, spec)
         result = curate(assigned[name], spec.curate, eval_texts, steps)
         assigned[name] = result.examples
         rejects[name].extend(result.rejects)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config.specs import DataSpec
-from tunelab.data.curate import curate, example_text
+from tunelab.data.curate import curate
 from tunelab.data.formats import resolve_format, to_examples
-from tunelab.data.pipeline import resolve_data_path, write_rejects
+from tunelab.data.pipeline import eval_file_texts, resolve_data_path, write_rejects
 from tunelab.data.readers import file_sha256, read_records
 from tunelab.data.records import Example
 from tunelab.errors import TunelabError
@@ -27,16 +27,6 @@ __all__ = ["curate_file", "dataset_manifest"]
 
 def _row(ex: Example) -> dict[str, Any]:
     return {"text": ex.text} if ex.text is not None else {"messages": ex.messages}
-
-
-def _eval_texts(eval_files: list[str], spec: DataSpec) -> list[str]:
-    texts = []
-    for f in eval_files:
-        records = read_records(resolve_data_path(f), delimiter=spec.delimiter, encoding=spec.encoding)
-        examples, _ = to_examples(records, spec.model_copy(update={"columns": {}, "prompt_template": None}),
-                                  fmt=resolve_format(records, spec.model_copy(update={"format": "auto", "columns": {}})))
-        texts.extend(example_text(ex) for ex in examples)
-    return texts
 
 
 def dataset_manifest(path: Path) -> dict[str, Any] | None:
@@ -56,7 +46,7 @@ def curate_file(spec: DataSpec, steps: list[str], out_dir: str | Path, eval_file
     records = read_records(src, delimiter=spec.delimiter, encoding=spec.encoding)
     fmt = resolve_format(records, spec)
     examples, format_rejects = to_examples(records, spec, fmt=fmt)
-    eval_texts = _eval_texts(eval_files or [], spec) + _eval_texts(spec.curate.decontam.files, spec)
+    eval_texts = eval_file_texts((eval_files or []) + spec.curate.decontam.files, spec)
     if "decontam" in steps and not eval_texts:
         raise TunelabError("decontam needs evaluation data", fix="pass --eval FILE (repeatable)")
     result = curate(examples, spec.curate, eval_texts, steps)
