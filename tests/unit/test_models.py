@@ -59,3 +59,10 @@ def test_catalog_lists_builtins_with_sizes():
     assert 130e6 < smol.params < 140e6
     mem = smol.memory_mb()
     assert mem["lora"] < mem["full"]
+
+
+def test_missing_folder_under_an_existing_directory_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TunelabError, match="model folder not found: runs/quickstart"):
+        resolve_model("runs/quickstart")

@@ -174,8 +174,10 @@ def resolve_model(name: str) -> ResolvedModel:
             return _resolve_local(p / "model")
         return _resolve_local(p)
     looks_like_path = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]
-    if ".." in Path(name).parts or looks_like_path:
-        raise TunelabError(f"model folder not found: {name}", where="model.name")
+    # "runs/x" where ./runs exists is a mistyped local folder, not a hub id.
+    if ".." in Path(name).parts or looks_like_path or Path(name).parent.name and Path(name).parent.is_dir():
+        raise TunelabError(f"model folder not found: {name}", where="model.name",
+                           fix="check the path; a run folder needs config.yaml and adapter/ or model/")
     if _HUB_ID.match(name):
         return _resolve_hub_cache(name)
     close = difflib.get_close_matches(name, list(BUILTINS), n=1, cutoff=0.4)
