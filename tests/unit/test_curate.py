@@ -106,3 +106,15 @@ def test_cli_data_errors(tmp_path, capsys):
     assert "--eval" in capsys.readouterr().err
     assert main(["data", "dedup", str(f), "-o", str(tmp_path / "o2"), "curate.dedup.treshold=0.5"]) == 2
     assert "did you mean 'data.curate.dedup.threshold'" in capsys.readouterr().err
+
+
+def test_cli_data_report_writes_json_and_html(data_file, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["data", "report", str(data_file), "-o", str(out)]) == 0
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["counts"]["rows"] == len(_rows())
+    assert report["pii"]["by_type"] == {"EMAIL": 1, "PHONE": 1}
+    assert report["duplicates"]["exact"] >= 1
+    assert any(f["severity"] == "high" for f in report["findings"])
+    html = (out / "data_report.html").read_text()
+    assert "<html" in html.lower() and "jane.doe@example.com" not in html

@@ -81,6 +81,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if not getattr(args, "data_verb", None):
         raise TunelabError("missing data verb", fix="tunelab data --help lists them (clean, pii, filter, ...)")
+    if args.data_verb == "report":
+        from tunelab.data.stage import report_file
+
+        spec = load_recipe(None, [f"data.path={args.file}", *(f"data.{o}" for o in args.overrides)]).data
+        report, html = report_file(spec, args.out, args.eval, args.model)
+        _print_findings(report, html)
+        return 0
     if args.data_verb == "curate":
         spec = load_recipe(args.recipe, args.overrides).data
         steps = list(spec.curate.steps)
@@ -105,3 +112,16 @@ def _print_steps(manifest: dict, out: str) -> None:
                       details)
     console.print(table)
     console.print(f"dataset: [bold]{out}[/] (data.jsonl, rejects.jsonl, manifest.json)")
+
+
+def _print_findings(report: dict, html) -> None:
+    colors = {"high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
+    c = report["counts"]
+    table = Table(title=f"{c['rows']} rows, {c['usable']} usable, {c['rejected']} rejected at read")
+    for col in ("severity", "finding", "action"):
+        table.add_column(col)
+    for f in report["findings"]:
+        sev = f["severity"]
+        table.add_row(f"[{colors.get(sev, 'white')}]{sev}[/]", f"{f['title']}: {f['detail']}", f.get("action") or "")
+    console.print(table)
+    console.print(f"report: [bold]{html}[/]")

@@ -39,14 +39,16 @@ EXAMPLES = {
         estimated training memory (LoRA on a bf16 base / full fine-tuning, activations not included).""",
     "data": """
         examples:
+          tunelab data report ../shared/data/codealpaca/code_alpaca_2k.json -o reports/codealpaca max_length=512
           tunelab data clean tickets.jsonl -o data/clean curate.clean.strip_html=true
           tunelab data pii tickets.jsonl -o data/redacted                  (curate.pii.action=drop drops rows)
           tunelab data filter chats.jsonl -o data/filtered curate.filter.languages=[en]
           tunelab data dedup ../shared/data/codealpaca/code_alpaca_2k.json -o data/dedup curate.dedup.threshold=0.7
           tunelab data decontam train.jsonl --eval test.jsonl -o data/decontam
           tunelab data curate examples/curated.yaml -o data/curated          (the recipe's data.curate.steps)
-        Each writes a dataset folder: data.jsonl, rejects.jsonl (every removed row, its step and reason) and
-        manifest.json (input hashes, steps with parameters and counts). Use the folder as data.path.
+        `report` writes data_report.html and data_report.json (findings with severity and the action to take).
+        The others write a dataset folder: data.jsonl, rejects.jsonl (every removed row, its step and reason)
+        and manifest.json (input hashes, steps with parameters and counts). Use the folder as data.path.
         Overrides are keys of the recipe's data section (format=alpaca, columns={...}, curate.dedup.near=false).""",
     "validate": """
         examples:
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DATA_VERBS = {
+    "report": "audit a dataset: lengths, truncation, duplicates, PII, refusals, labels, languages, findings",
     "clean": "normalise text (Unicode NFKC, whitespace, control chars, mojibake; optional HTML and classic NLP)",
     "pii": "find personal data and secrets and redact them with <TYPE> placeholders (or drop the rows)",
     "filter": "drop low-quality rows (Gopher repetition/symbol rules, length, language, refusals, degenerate)",
@@ -113,6 +116,9 @@ def _add_data_verbs(p: argparse.ArgumentParser) -> None:
         v.add_argument("-o", "--out", required=True, help="output dataset folder")
         v.add_argument("--eval", action="append", default=[], metavar="FILE", help="evaluation data (decontam)")
         v.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        if verb == "report":
+            v.add_argument("--model", default="smollm2-135m-instruct",
+                           help="tokenizer for token lengths and truncation (default: the default model)")
         v.add_argument("overrides", nargs="*", metavar="key.sub=value",
                        help="recipe overrides" if verb == "curate" else "data-section overrides")
 

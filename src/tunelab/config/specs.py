@@ -35,6 +35,15 @@ class SplitSpec(_Spec):
     validation: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows held out for validation.")
     test: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of rows held out for the test split.")
     seed: int = Field(0, description="Seed of the deterministic split (hash of seed and row content).")
+    stratify: Literal["auto", "none", "label"] = Field(
+        "auto", description="'label' keeps each class's share (the final assistant answer is the label) in every "
+        "split, within one row per class; 'auto' does so when the answers look like labels (at least 20 rows, "
+        "at most 30 distinct answers of at most 4 words); 'none' assigns each row by its content hash alone."
+    )
+    group_near_duplicates: bool = Field(
+        True, description="Keep exact and near-duplicate rows (MinHash, default dedup settings) in one split, so "
+        "no near-duplicate pair straddles train/validation/test; a cluster follows its lowest-hash member."
+    )
 
 
 class CleanSpec(_Spec):

@@ -19,7 +19,7 @@ from tunelab.util.io import atomic_write_text
 
 __all__ = ["CACHE_VERSION", "cache_dir", "cache_key", "load_cached", "save_cached"]
 
-CACHE_VERSION = 2  # 2: rejects carry the curation step; data.curate
+CACHE_VERSION = 3  # 2: rejects carry the curation step; data.curate. 3: stratified, duplicate-grouped split
 log = logging.getLogger(__name__)
 
 

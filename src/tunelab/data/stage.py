@@ -22,7 +22,7 @@ from tunelab.data.records import Example
 from tunelab.errors import TunelabError
 from tunelab.util.io import atomic_write_json, atomic_write_text, sha256_file
 
-__all__ = ["curate_file", "dataset_manifest"]
+__all__ = ["curate_file", "dataset_manifest", "report_file"]
 
 
 def _row(ex: Example) -> dict[str, Any]:
@@ -67,3 +67,25 @@ def curate_file(spec: DataSpec, steps: list[str], out_dir: str | Path, eval_file
     }
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def report_file(spec: DataSpec, out_dir: str | Path, eval_files: list[str] | None = None,
+                model: str | None = "smollm2-135m-instruct") -> tuple[dict[str, Any], Path]:
+    """`tunelab data report`: audit spec.path (lengths in `model`'s tokens) and write data_report.{json,html}."""
+    from tunelab.data.audit import audit_examples, write_audit
+
+    src = resolve_data_path(spec.path)
+    records = read_records(src, delimiter=spec.delimiter, encoding=spec.encoding)
+    fmt = resolve_format(records, spec)
+    examples, rejects = to_examples(records, spec, fmt=fmt)
+    tokenizer = None
+    if model:
+        from tunelab.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    eval_texts = eval_file_texts(eval_files, spec) if eval_files else None
+    source = {"path": str(src), "sha256": file_sha256(src), "format": fmt, "model": model}
+    report = audit_examples(examples, rejects, tokenizer=tokenizer, max_length=spec.max_length,
+                            eval_texts=eval_texts, source=source)
+    _, html = write_audit(report, Path(out_dir))
+    return report, html
