@@ -29,6 +29,15 @@ def _row(ex: Example) -> dict[str, Any]:
     return {"text": ex.text} if ex.text is not None else {"messages": ex.messages}
 
 
+def _read_examples(spec: DataSpec) -> tuple[Path, list, str, list[Example], list]:
+    """(source path, records, format, examples, format rejects) of spec.path, read as a recipe would."""
+    src = resolve_data_path(spec.path)
+    records = read_records(src, delimiter=spec.delimiter, encoding=spec.encoding)
+    fmt = resolve_format(records, spec)
+    examples, rejects = to_examples(records, spec, fmt=fmt)
+    return src, records, fmt, examples, rejects
+
+
 def dataset_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest of a dataset folder that `data_path` points into, or None for a plain file."""
     folder = path.parent if path.name == "data.jsonl" else path
@@ -42,10 +51,7 @@ def curate_file(spec: DataSpec, steps: list[str], out_dir: str | Path, eval_file
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TunelabError(f"output folder is not empty: {out}", fix="choose another --out or pass --overwrite")
-    src = resolve_data_path(spec.path)
-    records = read_records(src, delimiter=spec.delimiter, encoding=spec.encoding)
-    fmt = resolve_format(records, spec)
-    examples, format_rejects = to_examples(records, spec, fmt=fmt)
+    src, records, fmt, examples, format_rejects = _read_examples(spec)
     eval_texts = eval_file_texts((eval_files or []) + spec.curate.decontam.files, spec)
     if "decontam" in steps and not eval_texts:
         raise TunelabError("decontam needs evaluation data", fix="pass --eval FILE (repeatable)")
@@ -74,10 +80,7 @@ def report_file(spec: DataSpec, out_dir: str | Path, eval_files: list[str] | Non
     """`tunelab data report`: audit spec.path (lengths in `model`'s tokens) and write data_report.{json,html}."""
     from tunelab.data.audit import audit_examples, write_audit
 
-    src = resolve_data_path(spec.path)
-    records = read_records(src, delimiter=spec.delimiter, encoding=spec.encoding)
-    fmt = resolve_format(records, spec)
-    examples, rejects = to_examples(records, spec, fmt=fmt)
+    src, _, fmt, examples, rejects = _read_examples(spec)
     tokenizer = None
     if model:
         from tunelab.models import load_tokenizer
