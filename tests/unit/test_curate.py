@@ -118,3 +118,24 @@ def test_cli_data_report_writes_json_and_html(data_file, tmp_path, capsys):
     assert any(f["severity"] == "high" for f in report["findings"])
     html = (out / "data_report.html").read_text()
     assert "<html" in html.lower() and "jane.doe@example.com" not in html
+
+
+def test_on_error_skip_keeps_malformed_rows_as_rejects(tmp_path, tokenizer, capsys):
+    f = tmp_path / "bad.jsonl"
+    good = [json.dumps({"prompt": f"q{i}", "completion": f"answer number {i}"}) for i in range(5)]
+    f.write_text("\n".join([good[0], "{broken", good[1], "[1, 2]", *good[2:]]) + "\n")
+    assert main(["data", "clean", str(f), "-o", str(tmp_path / "stop")]) == 2
+    assert f"{f}:2" in capsys.readouterr().err
+    out = tmp_path / "skip"
+    assert main(["data", "clean", str(f), "-o", str(out), "--on-error", "skip"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert manifest["rows_in"] == 7 and manifest["rows_out"] == 5
+    assert [r["where"] for r in rejects] == [f"{f}:2", f"{f}:4"]
+    assert rejects[0]["reason"].startswith("malformed JSON") and rejects[0]["record"] == {"raw": "{broken"}
+    # The recipe path counts them too.
+    spec = load_recipe(None, [f"data.path={f}", "data.on_error=skip", "data.split.test=0",
+                              "data.split.validation=0"]).data
+    data = prepare_data(spec, tokenizer)
+    assert data.summary["rows_read"] == 7 and len(data.splits["train"]) == 5
+    assert sum(data.summary["rejected"].values()) == 2

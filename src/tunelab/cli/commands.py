@@ -81,6 +81,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if not getattr(args, "data_verb", None):
         raise TunelabError("missing data verb", fix="tunelab data --help lists them (clean, pii, filter, ...)")
+    if args.on_error:
+        args.overrides = [*args.overrides, f"{'data.' if args.data_verb == 'curate' else ''}on_error={args.on_error}"]
     if args.data_verb == "report":
         from tunelab.data.stage import report_file
 

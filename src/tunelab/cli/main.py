@@ -116,6 +116,8 @@ def _add_data_verbs(p: argparse.ArgumentParser) -> None:
         v.add_argument("-o", "--out", required=True, help="output dataset folder")
         v.add_argument("--eval", action="append", default=[], metavar="FILE", help="evaluation data (decontam)")
         v.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        v.add_argument("--on-error", choices=["stop", "skip"], default=None,
+                       help="malformed rows: stop with file:line (default) or skip them into rejects.jsonl")
         if verb == "report":
             v.add_argument("--model", default="smollm2-135m-instruct",
                            help="tokenizer for token lengths and truncation (default: the default model)")

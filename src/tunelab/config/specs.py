@@ -158,6 +158,10 @@ class DataSpec(_Spec):
     eval_limit: int | None = Field(None, ge=1, description="Use at most this many validation and test rows each.")
     split: SplitSpec = Field(default_factory=SplitSpec, description="Deterministic train/validation/test split.")
     encoding: str = Field("utf-8", description="Text encoding of the input files.")
+    on_error: Literal["stop", "skip"] = Field(
+        "stop", description="Malformed rows (bad JSON line, non-object record, broken CSV row): stop with "
+        "file:line, or skip them into rejects.jsonl (counted)."
+    )
     curate: CurateSpec = Field(default_factory=CurateSpec, description="Curation steps run before training.")
 
 

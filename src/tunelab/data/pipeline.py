@@ -24,7 +24,7 @@ from tunelab.data.tokenize import encode_example
 from tunelab.errors import TunelabError
 from tunelab.util.io import atomic_write_text
 
-__all__ = ["PreparedData", "eval_file_texts", "prepare_data", "resolve_data_path", "write_rejects"]
+__all__ = ["PreparedData", "eval_file_texts", "prepare_data", "read_examples", "resolve_data_path", "write_rejects"]
 
 _ROLE_KEYS = {"train": "path", "validation": "validation_path", "test": "test_path"}
 
@@ -114,11 +114,21 @@ def _hash_inputs(files: dict[str, Path]) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _load_source(path: Path, sha256: str, spec: DataSpec) -> _Source:
-    records = read_records(path, delimiter=spec.delimiter, encoding=spec.encoding)
+def read_examples(path: Path, spec: DataSpec) -> tuple[int, str, list[Example], list[Reject]]:
+    """Read and convert one file: (rows read, format, examples, rejects), honouring data.on_error."""
+    skipped: list[Reject] | None = [] if spec.on_error == "skip" else None
+    records = read_records(path, delimiter=spec.delimiter, encoding=spec.encoding, skipped=skipped)
+    if not records:
+        raise TunelabError(f"no readable records ({len(skipped or [])} malformed rows skipped)", where=str(path),
+                           fix="check that this is the right file and format")
     fmt = resolve_format(records, spec)
     examples, rejects = to_examples(records, spec, fmt=fmt)
-    return _Source(path, sha256, fmt, len(records), examples, rejects)
+    return len(records) + len(skipped or []), fmt, examples, (skipped or []) + rejects
+
+
+def _load_source(path: Path, sha256: str, spec: DataSpec) -> _Source:
+    rows, fmt, examples, rejects = read_examples(path, spec)
+    return _Source(path, sha256, fmt, rows, examples, rejects)
 
 
 def _main_split(spec: DataSpec) -> SplitSpec:

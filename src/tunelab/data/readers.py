@@ -24,7 +24,7 @@ _DEFAULT_DELIMITER = {".csv": ",", ".tsv": "\t"}
 
 
 def read_records(
-    path: str | Path, *, delimiter: str | None = None, encoding: str = "utf-8"
+    path: str | Path, *, delimiter: str | None = None, encoding: str = "utf-8", skipped: list | None = None
 ) -> list[Record]:
     """Read every record of a data file.
 
@@ -34,6 +34,8 @@ def read_records(
             ``.txt`` file it makes the file delimited (header row required); without, ``.txt`` is plain
             text, one ``{"text": line}`` record per non-empty line.
         encoding: text encoding of the file.
+        skipped: when given (``data.on_error: skip``), malformed JSONL lines, non-object records and
+            malformed CSV rows are appended to it as `Reject`s instead of stopping the read.
 
     Returns:
         ``(where, record)`` pairs in file order; ``where`` is ``"path:line"`` (1-based) or
@@ -51,20 +53,21 @@ def read_records(
         records = _read_parquet(path)
     else:
         text = _read_text(path, encoding)
-        records = _parse_text(path, text, suffix, delimiter)
-    if not records:
+        records = _parse_text(path, text, suffix, delimiter, skipped)
+    if not records and not skipped:
         raise TunelabError("file has no records", where=str(path),
                            fix="check that this is the right file and that it is not truncated")
     return records
 
 
-def _parse_text(path: Path, text: str, suffix: str, delimiter: str | None) -> list[Record]:
+def _parse_text(path: Path, text: str, suffix: str, delimiter: str | None, skipped: list | None) -> list[Record]:
     if suffix == ".jsonl":
-        return _parse_jsonl(path, text)
+        return _parse_jsonl(path, text, skipped)
     if suffix == ".json":
-        return _parse_json(path, text)
+        return _parse_json(path, text, skipped)
     if suffix in _DEFAULT_DELIMITER or delimiter is not None:
-        return _parse_delimited(path, text, delimiter or _DEFAULT_DELIMITER[suffix], quoting=suffix == ".csv")
+        return _parse_delimited(path, text, delimiter or _DEFAULT_DELIMITER[suffix], quoting=suffix == ".csv",
+                                skipped=skipped)
     return [(f"{path}:{i}", {"text": line}) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
@@ -114,29 +117,45 @@ def _json_type(value: Any) -> str:
     return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
-def _parse_jsonl(path: Path, text: str) -> list[Record]:
+def _skip_or_raise(skipped: list | None, error: TunelabError, raw: str) -> None:
+    """With on_error=skip, keep the bad row as a Reject (reason, where, raw text); otherwise stop."""
+    if skipped is None:
+        raise error
+    from tunelab.data.records import Reject
+
+    skipped.append(Reject(where=error.where or "", reason=error.what, record={"raw": raw[:10_000]}))
+
+
+def _parse_jsonl(path: Path, text: str, skipped: list | None = None) -> list[Record]:
     records = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{i}"
         try:
-            value = json.loads(line)
+            records.append((where, _as_object(json.loads(line), where)))
         except json.JSONDecodeError as e:
-            raise TunelabError(f"malformed JSON ({e.msg} at column {e.colno})", where=where,
-                               fix="fix or remove this line; each line must be one JSON object") from None
-        records.append((where, _as_object(value, where)))
+            err = TunelabError(f"malformed JSON ({e.msg} at column {e.colno})", where=where,
+                               fix="fix or remove this line, or pass --on-error skip (data.on_error=skip)")
+            _skip_or_raise(skipped, err, line)
+        except TunelabError as err:
+            _skip_or_raise(skipped, err, line)
     return records
 
 
-def _parse_json(path: Path, text: str) -> list[Record]:
+def _parse_json(path: Path, text: str, skipped: list | None = None) -> list[Record]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise TunelabError(f"malformed JSON ({e.msg} at column {e.colno})", where=f"{path}:{e.lineno}",
                            fix="fix the JSON syntax (a .jsonl file holds one object per line)") from None
-    rows = _json_rows(path, value)
-    return [(f"{path}:#{i}", _as_object(row, f"{path}:#{i}")) for i, row in enumerate(rows)]
+    records = []
+    for i, row in enumerate(_json_rows(path, value)):
+        try:
+            records.append((f"{path}:#{i}", _as_object(row, f"{path}:#{i}")))
+        except TunelabError as err:
+            _skip_or_raise(skipped, err, json.dumps(row, ensure_ascii=False))
+    return records
 
 
 def _json_rows(path: Path, value: Any) -> list[Any]:
@@ -150,7 +169,8 @@ def _json_rows(path: Path, value: Any) -> list[Any]:
                        where=str(path), fix="put the records in a top-level array, or use JSONL")
 
 
-def _parse_delimited(path: Path, text: str, delimiter: str, *, quoting: bool) -> list[Record]:
+def _parse_delimited(path: Path, text: str, delimiter: str, *, quoting: bool, skipped: list | None = None
+                     ) -> list[Record]:
     # CSV uses standard quoting; TSV and delimited .txt are read literally, because their text columns often
     # hold stray quote characters that would otherwise swallow the following lines.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
@@ -164,8 +184,11 @@ def _parse_delimited(path: Path, text: str, delimiter: str, *, quoting: bool) ->
         except StopIteration:
             return records
         except csv.Error as e:
-            raise TunelabError(f"malformed row ({e})", where=f"{path}:{start}",
-                               fix="check the quoting of this row, or set data.delimiter") from None
+            err = TunelabError(f"malformed row ({e})", where=f"{path}:{start}",
+                               fix="check the quoting of this row, set data.delimiter, or data.on_error=skip")
+            _skip_or_raise(skipped, err, "")
+            line = reader.line_num
+            continue
         line = reader.line_num
         if any(cell.strip() for cell in row):
             records.append((f"{path}:{start}", _row_record(header, row, delimiter)))

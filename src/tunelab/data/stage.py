@@ -15,9 +15,8 @@ from typing import Any
 
 from tunelab.config.specs import DataSpec
 from tunelab.data.curate import curate
-from tunelab.data.formats import resolve_format, to_examples
-from tunelab.data.pipeline import eval_file_texts, resolve_data_path, write_rejects
-from tunelab.data.readers import file_sha256, read_records
+from tunelab.data.pipeline import eval_file_texts, read_examples, resolve_data_path, write_rejects
+from tunelab.data.readers import file_sha256
 from tunelab.data.records import Example
 from tunelab.errors import TunelabError
 from tunelab.util.io import atomic_write_json, atomic_write_text, sha256_file
@@ -29,13 +28,11 @@ def _row(ex: Example) -> dict[str, Any]:
     return {"text": ex.text} if ex.text is not None else {"messages": ex.messages}
 
 
-def _read_examples(spec: DataSpec) -> tuple[Path, list, str, list[Example], list]:
-    """(source path, records, format, examples, format rejects) of spec.path, read as a recipe would."""
+def _read_examples(spec: DataSpec) -> tuple[Path, int, str, list[Example], list]:
+    """(source path, rows read, format, examples, rejects) of spec.path, read as a recipe would."""
     src = resolve_data_path(spec.path)
-    records = read_records(src, delimiter=spec.delimiter, encoding=spec.encoding)
-    fmt = resolve_format(records, spec)
-    examples, rejects = to_examples(records, spec, fmt=fmt)
-    return src, records, fmt, examples, rejects
+    rows, fmt, examples, rejects = read_examples(src, spec)
+    return src, rows, fmt, examples, rejects
 
 
 def dataset_manifest(path: Path) -> dict[str, Any] | None:
@@ -51,7 +48,7 @@ def curate_file(spec: DataSpec, steps: list[str], out_dir: str | Path, eval_file
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TunelabError(f"output folder is not empty: {out}", fix="choose another --out or pass --overwrite")
-    src, records, fmt, examples, format_rejects = _read_examples(spec)
+    src, rows_read, fmt, examples, format_rejects = _read_examples(spec)
     eval_texts = eval_file_texts((eval_files or []) + spec.curate.decontam.files, spec)
     if "decontam" in steps and not eval_texts:
         raise TunelabError("decontam needs evaluation data", fix="pass --eval FILE (repeatable)")
@@ -62,12 +59,12 @@ def curate_file(spec: DataSpec, steps: list[str], out_dir: str | Path, eval_file
     write_rejects(format_rejects + result.rejects, out / "rejects.jsonl")
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": [{"path": str(src), "sha256": file_sha256(src), "rows": len(records), "format": fmt}]
+        "inputs": [{"path": str(src), "sha256": file_sha256(src), "rows": rows_read, "format": fmt}]
         + [{"path": f, "sha256": file_sha256(resolve_data_path(f)), "role": "evaluation"}
            for f in (eval_files or []) + spec.curate.decontam.files],
-        "steps": [{"step": "read", "rows_in": len(records), "kept": len(examples), "rejected": len(format_rejects)}]
+        "steps": [{"step": "read", "rows_in": rows_read, "kept": len(examples), "rejected": len(format_rejects)}]
         + [r.to_dict() for r in result.steps],
-        "rows_in": len(records), "rows_out": len(result.examples),
+        "rows_in": rows_read, "rows_out": len(result.examples),
         "rejected": len(format_rejects) + len(result.rejects),
         "fingerprint": sha256_file(data_path),
     }
