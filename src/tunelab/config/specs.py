@@ -14,6 +14,7 @@ __all__ = [
     "DecontamSpec",
     "DedupSpec",
     "FilterSpec",
+    "GeneratorSpec",
     "PiiSpec",
     "EvalSpec",
     "LoraSpec",
@@ -115,6 +116,20 @@ class DecontamSpec(_Spec):
 
 
 CURATE_STEPS = ("clean", "pii", "filter", "dedup", "decontam")
+
+
+class GeneratorSpec(_Spec):
+    model: str = Field("smollm2-135m-instruct", description="Model that writes or judges text: alias, model "
+                       "folder, run folder or cached hub id; with `endpoint`, the model name the server knows.")
+    endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible API (e.g. "
+                                 "http://127.0.0.1:8000/v1); null runs `model` locally.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
+    max_new_tokens: int = Field(256, ge=1, description="Generation budget per call.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated at once by a local model.")
+    seed: int = Field(0, description="Sampling seed (same seed, same model: same text).")
+    timeout_s: float = Field(120.0, gt=0, description="Endpoint request timeout in seconds.")
 
 
 class CurateSpec(_Spec):
