@@ -71,14 +71,15 @@ def test_full_finetuning_saves_weights(tmp_path, chat_jsonl, tiny_model_dir):
 def test_nan_loss_stops_and_saves_nothing(tmp_path, chat_jsonl, tiny_model_dir, monkeypatch):
     import tunelab.recipes.sft as sft_mod
 
-    def nan_loss(model, batch):
+    def nan_loss(model, batch, label_smoothing=0.0):
         return torch.tensor(math.nan, requires_grad=True), 1
 
     monkeypatch.setattr(sft_mod, "supervised_nll", nan_loss)
     with pytest.raises(TunelabError, match="diverged"):
-        pipeline.train(_recipe(tmp_path, chat_jsonl, tiny_model_dir), "t")
+        pipeline.train(_recipe(tmp_path, chat_jsonl, tiny_model_dir, "train.save_every=1"), "t")
     run_dir = tmp_path / "runs" / "t"
     assert not (run_dir / "adapter").exists() and not (run_dir / "model").exists()
+    assert not (run_dir / "checkpoints").exists()  # the first step diverged: no checkpoint after it
 
 
 def test_early_stopping_restores_the_best_weights(tmp_path, chat_jsonl, tiny_model_dir, monkeypatch):

@@ -1,10 +1,12 @@
-"""Instruction SFT: assistant-only loss, any method (LoRA, full), gradient accumulation, warmup + schedule,
-periodic validation with early stopping, metrics.jsonl, and a self-describing run folder."""
+"""Instruction SFT: assistant-only loss, any method, gradient accumulation, warmup + schedule, periodic
+validation with early stopping on any metric, exact-resume checkpoints (SIGINT/SIGTERM save one), data-parallel
+training over torch.distributed, metrics.jsonl, and a self-describing run folder."""
 
 from __future__ import annotations
 
 import math
 import resource
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,9 @@ from tunelab.models import (
     resolve_model,
     resolve_precision,
 )
+from tunelab.training import checkpoint as ckpt
 from tunelab.training.batching import collate, plan_batches
+from tunelab.training.distributed import DistContext
 from tunelab.training.loss import mean_nll, supervised_nll
 from tunelab.training.optim import build_optimizer, build_scheduler
 from tunelab.training.progress import TrainProgress
@@ -32,7 +36,7 @@ from tunelab.training.rundir import MetricsLog, write_manifest
 from tunelab.util.console import console
 from tunelab.util.io import atomic_write_json, atomic_write_text
 
-__all__ = ["SFTRecipe", "set_seed"]
+__all__ = ["SFTRecipe", "TrainingInterrupted", "set_seed"]
 
 
 def set_seed(seed: int) -> None:
@@ -45,6 +49,16 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class TrainingInterrupted(TunelabError):
+    """SIGINT/SIGTERM arrived: a checkpoint was saved; the CLI exits with 128 + signal number."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        self.signum = signum
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (not the main process)"
+        super().__init__(f"training interrupted by {signal.Signals(signum).name}; saved {where}",
+                         fix="continue with: tunelab train RECIPE --resume")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -53,23 +67,45 @@ def peak_rss_mb() -> float:
 class _State:
     step: int = 0
     epoch: int = 0
-    tokens: int = 0  # real (non-padding) tokens processed
+    step_in_epoch: int = 0  # optimizer steps already taken in `epoch` (the data position for resume)
+    tokens: int = 0  # real (non-padding) tokens processed (all ranks)
     loss_tokens: int = 0
     train_time: float = 0.0
-    best_val: float = math.inf
+    best_val: float = math.inf  # best value of the early-stopping metric, oriented so that lower is better
     best_step: int = 0
     bad_evals: int = 0
     best_weights: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     stopped_early: bool = False
+    resumed_from: int | None = None
+
+    def counters(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "tokens": self.tokens,
+                "loss_tokens": self.loss_tokens, "train_time": self.train_time,
+                "best_val": None if math.isinf(self.best_val) else self.best_val, "best_step": self.best_step,
+                "bad_evals": self.bad_evals}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        for k in ("epoch", "step_in_epoch", "tokens", "loss_tokens", "train_time", "best_step", "bad_evals"):
+            setattr(self, k, saved[k])
+        self.best_val = math.inf if saved["best_val"] is None else saved["best_val"]
+        self.step = saved["step"]
+        self.resumed_from = saved["step"]
+
+
+_LOSS_METRICS = {"val_loss", "val_ppl"}
 
 
 class SFTRecipe:
     """setup → train → save → cleanup, composed from leaf helpers (no hooks to override)."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path):
+    def __init__(self, recipe: Recipe, run_dir: Path, dist: DistContext | None = None, resume: bool = False):
         self.recipe, self.run_dir = recipe, run_dir
+        self.dist = dist or DistContext()
+        self.resume = resume or recipe.train.resume == "auto"
         self.state = _State()
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        self.ckpt_root = run_dir / "checkpoints"
+        self._signal: int | None = None
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -80,17 +116,35 @@ class SFTRecipe:
         if r.model.threads:
             torch.set_num_threads(r.model.threads)
         self.device = resolve_device(r.model.device)
-        self.precision = resolve_precision(r.model.precision, self.device)
+        if self.device == "cuda" and self.dist.enabled:
+            self.device = f"cuda:{self.dist.local_rank}"
+        self.precision = resolve_precision(r.model.precision, self.device.split(":")[0])
         self.resolved = resolve_model(r.model.name)
         self.tokenizer = load_tokenizer(r.model.name, r.model.trust_remote_code)
+        if not self.dist.is_main:  # rank 0 tokenizes and fills the cache first; the others read it
+            self.dist.barrier()
         self.data = prepare_data(r.data, self.tokenizer)
+        if self.dist.is_main:
+            self.dist.barrier()
         self.train_rows = self.data.encoded["train"]
         self.val_rows = self.data.encoded.get("validation") or []
+        self._check_metric()
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, r.train)
         self.total_steps = self._total_steps()
         self.scheduler = build_scheduler(self.optimizer, r.train, self.total_steps)
-        atomic_write_text(self.run_dir / "config.yaml", dump_recipe(r))
+        self.fingerprint = ckpt.config_fingerprint(r.model_dump(mode="json"))
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / "config.yaml", dump_recipe(r))
+        if self.resume:
+            self._resume()
+
+    def _check_metric(self) -> None:
+        t = self.recipe.train
+        if t.early_stopping_metric not in _LOSS_METRICS and not self.data.splits.get("validation"):
+            raise TunelabError(f"train.early_stopping_metric={t.early_stopping_metric} needs validation rows",
+                               where="train.early_stopping_metric",
+                               fix="set data.split.validation > 0 or data.validation_path, or use val_loss")
 
     def _build_model(self) -> torch.nn.Module:
         r = self.recipe
@@ -98,39 +152,80 @@ class SFTRecipe:
         # trained stay fp32 so that small updates are not rounded away.
         frozen_bf16 = self.precision == "bf16" and r.method.name != "full"
         dtype = torch.bfloat16 if frozen_bf16 else torch.float32
-        model = load_causal_lm(r.model.name, r.model.trust_remote_code, dtype=dtype)
+        model = load_causal_lm(r.model.name, r.model.trust_remote_code, dtype=dtype, dropout=r.train.dropout)
+        if r.train.gradient_checkpointing:
+            # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = apply_method(model, r.method).to(self.device)
         model.train()
         self.params = count_parameters(model)
         mem = estimate_training_memory_mb(self.params.total, self.params.trainable, 2 if frozen_bf16 else 4)
+        world = f" · {self.dist.world} processes" if self.dist.enabled else ""
         console.print(
             f"model [bold]{r.model.name}[/] · method [bold]{r.method.name}[/] · trainable "
             f"{self.params.trainable:,} / {self.params.total:,} ({self.params.percent:.2f}%) · "
-            f"{self.device}/{self.precision} · est. memory {mem:,.0f} MB + activations"
+            f"{self.device}/{self.precision} · est. memory {mem:,.0f} MB + activations{world}"
         )
         self.est_memory_mb = mem
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
         return model
 
     def _steps_per_epoch(self) -> int:
         micro = math.ceil(len(self.train_rows) / self.recipe.train.batch_size)
-        return max(1, math.ceil(micro / self.recipe.train.grad_accum))
+        return max(1, math.ceil(micro / self._group_size()))
+
+    def _group_size(self) -> int:
+        """Micro-batches per optimizer step, over all processes."""
+        return self.recipe.train.grad_accum * self.dist.world
 
     def _total_steps(self) -> int:
         t = self.recipe.train
         return t.max_steps or max(1, math.ceil(t.epochs * self._steps_per_epoch()))
 
+    # ---- resume ------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        found = ckpt.find_resumable(self.ckpt_root)
+        if found is None:
+            console.print(f"no checkpoint in {self.ckpt_root}: starting from step 0")
+            return
+        ckpt.check_compatible(found, self.fingerprint)
+        best = ckpt.load_checkpoint(found, self.model, self.optimizer, self.scheduler)
+        self.state.restore(found.state)
+        self.state.best_weights = best
+        self.metrics.truncate_after(found.step)
+        console.print(f"resumed from {found.path} (step {found.step}/{self.total_steps}, epoch {self.state.epoch})")
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a resumable checkpoint of the current step (main process only); prune old ones."""
+        if not self.dist.is_main:
+            return None
+        s = self.state
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        path = ckpt.save_checkpoint(
+            self.ckpt_root, step=s.step, trainable=dict(zip(names, self.trainable, strict=True)),
+            optimizer=self.optimizer, scheduler=self.scheduler,
+            state={**s.counters(), "config": self.fingerprint, "total_steps": self.total_steps},
+            best=s.best_weights)
+        ckpt.prune_checkpoints(self.ckpt_root, self.recipe.train.save_total_limit, s.best_step)
+        return path
+
     # ---- data --------------------------------------------------------------------------------------
     def _steps(self):
-        """Yield (epoch, [micro-batch tensors]) per optimizer step, across epochs, forever."""
+        """Yield (epoch, step_in_epoch, [this rank's micro-batches]) per optimizer step, from the saved position."""
         t = self.recipe.train
         lengths = [len(row["input_ids"]) for row in self.train_rows]
-        epoch = 0
+        epoch, skip, group = self.state.epoch, self.state.step_in_epoch, self._group_size()
         while True:
-            plan = plan_batches(lengths, t.batch_size, t.batching, t.seed, epoch)
-            for i in range(0, len(plan), t.grad_accum):
-                group = plan[i:i + t.grad_accum]
-                yield epoch, [self._collate([self.train_rows[j] for j in idx]) for idx in group]
-            epoch += 1
+            plan = plan_batches(lengths, t.batch_size, t.batching, t.seed, epoch, t.curriculum, [r.get("score") for r in self.train_rows])
+            for k, i in enumerate(range(0, len(plan), group)):
+                if k < skip:
+                    continue
+                mine = plan[i:i + group][self.dist.rank::self.dist.world]
+                yield epoch, k, [self._collate([self.train_rows[j] for j in idx]) for idx in mine]
+            epoch, skip = epoch + 1, 0
 
     def _collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = collate(rows, self.recipe.train.batching, self.tokenizer.pad_token_id, self.recipe.data.max_length)
@@ -138,16 +233,18 @@ class SFTRecipe:
 
     # ---- train -------------------------------------------------------------------------------------
     def _train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float | None]:
-        n_total = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches)
-        loss_sum = 0.0
+        local = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches)
+        n_total = self.dist.sum_int(local)
+        loss_sum, tokens = 0.0, 0
         for mb in micro_batches:
-            with autocast(self.device, self.precision):
-                loss, _ = supervised_nll(self.model, mb)
-            # Normalise by all loss tokens of the step so accumulation equals one big batch.
+            with autocast(self.device.split(":")[0], self.precision):
+                loss, _ = supervised_nll(self.model, mb, label_smoothing=self.recipe.train.label_smoothing)
+            # Normalise by all loss tokens of the step (all ranks) so accumulation equals one big batch.
             (loss / max(n_total, 1)).backward()
             loss_sum += float(loss.detach())
-            self.state.tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["input_ids"].numel()
-        step_loss = loss_sum / max(n_total, 1)
+            tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["input_ids"].numel()
+        self.dist.all_reduce_grads(self.trainable)
+        step_loss = self._global_loss(loss_sum) / max(n_total, 1)
         if not math.isfinite(step_loss):
             raise TunelabError(
                 f"training diverged: loss is {step_loss} at step {self.state.step + 1}; nothing was saved",
@@ -155,63 +252,134 @@ class SFTRecipe:
             )
         grad_norm = None
         if self.recipe.train.max_grad_norm:
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, self.recipe.train.max_grad_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.recipe.train.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.loss_tokens += n_total
+        self.state.tokens += self.dist.sum_int(tokens)
         return step_loss, grad_norm
+
+    def _global_loss(self, loss_sum: float) -> float:
+        if not self.dist.enabled:
+            return loss_sum
+        import torch.distributed as tdist
+
+        t = torch.tensor([loss_sum], dtype=torch.float64)
+        tdist.all_reduce(t)
+        return float(t.item())
 
     def validation_loss(self) -> float | None:
         return mean_nll(self.model, self.val_rows, self.recipe.eval.batch_size, self.tokenizer.pad_token_id,
                         self.device, self.precision)
 
+    def _task_metric(self, name: str) -> float:
+        """A task metric of the validation split, by greedy generation with the model being trained."""
+        from tunelab.evaluation.generate import generate_answers
+        from tunelab.evaluation.metrics import compute_task_metrics, infer_task
+
+        r = self.recipe
+        examples = self.data.splits["validation"][: r.train.eval_samples]
+        refs = [ex.reference for ex in examples]
+        task = r.eval.task if r.eval.task != "auto" else infer_task(refs)
+        was_training = self.model.training
+        self.model.eval()
+        with autocast(self.device.split(":")[0], self.precision):
+            preds = generate_answers(self.model, self.tokenizer, [ex.prompt_messages for ex in examples],
+                                     r.eval.max_new_tokens, r.eval.batch_size, self.device, label="validate")
+        self.model.train(was_training)
+        metrics = compute_task_metrics(task, preds, refs, r.eval.labels)
+        if name not in metrics or not isinstance(metrics[name], int | float):
+            numeric = sorted(k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool))
+            raise TunelabError(f"train.early_stopping_metric '{name}' is not a metric of this {task} task",
+                               where="train.early_stopping_metric", fix=f"use val_loss or one of: {', '.join(numeric)}")
+        return float(metrics[name])
+
+    def _metric_value(self) -> tuple[dict[str, float], float | None]:
+        """(values to log, the early-stopping metric oriented so that lower is better)."""
+        t = self.recipe.train
+        val = self.validation_loss()
+        if val is None:
+            return {}, None
+        logged = {"val_loss": round(val, 5), "val_ppl": round(math.exp(min(val, 50)), 4)}
+        name = t.early_stopping_metric
+        if name not in _LOSS_METRICS:
+            logged[f"val_{name}"] = round(self._task_metric(name), 5)
+        value = logged[name if name in _LOSS_METRICS else f"val_{name}"]
+        higher = t.early_stopping_mode == "max" or (t.early_stopping_mode == "auto" and name not in _LOSS_METRICS)
+        return logged, -value if higher else value
+
     def _evaluate(self) -> bool:
         """Validation + early-stopping bookkeeping; returns True when training should stop."""
         s, t = self.state, self.recipe.train
-        val = self.validation_loss()
-        if val is None:
+        logged, score = self._metric_value()
+        if score is None:
             return False
-        self.metrics.log(step=s.step, epoch=s.epoch, val_loss=round(val, 5), val_ppl=round(math.exp(min(val, 50)), 4))
-        if val < s.best_val - 1e-4:
-            s.best_val, s.best_step, s.bad_evals = val, s.step, 0
+        self.metrics.log(step=s.step, epoch=s.epoch, **logged)
+        if score < s.best_val - 1e-4:
+            s.best_val, s.best_step, s.bad_evals = score, s.step, 0
             if t.early_stopping_patience:
                 s.best_weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
             return False
         s.bad_evals += 1
         return bool(t.early_stopping_patience and s.bad_evals >= t.early_stopping_patience)
 
+    def _on_signal(self, signum, _frame) -> None:
+        self._signal = signum  # acted on at the end of the current step (a consistent state to save)
+
     def train(self) -> dict[str, Any]:
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._train()
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _train(self) -> dict[str, Any]:
         s, t = self.state, self.recipe.train
-        self._evaluate()  # step 0: the base model's validation loss, for the curve
+        if s.step == 0:
+            self._evaluate()  # step 0: the base model's validation metric, for the curve
         progress = TrainProgress(self.total_steps)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - s.train_time
         with progress:
-            for epoch, micro_batches in self._steps():
+            for epoch, k, micro_batches in self._steps():
+                if s.step >= self.total_steps:
+                    break
                 s.epoch = epoch
                 loss, grad_norm = self._train_step(micro_batches)
-                s.step += 1
+                s.step, s.step_in_epoch = s.step + 1, k + 1
                 elapsed = time.perf_counter() - t0
                 progress.update(s.step, loss, s.tokens / elapsed)
                 if s.step % t.log_every == 0 or s.step == self.total_steps:
                     self.metrics.log(step=s.step, epoch=epoch, loss=round(loss, 5),
                                      lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
                                      tokens=s.tokens, tokens_per_s=round(s.tokens / elapsed, 1))
-                at_end = s.step >= self.total_steps
-                if (t.eval_every and s.step % t.eval_every == 0) or at_end:
-                    t_eval = time.perf_counter()
-                    stop = self._evaluate()
-                    t0 += time.perf_counter() - t_eval  # throughput and train time exclude validation
-                    if stop and not at_end:
-                        s.stopped_early = True
-                        console.print(f"early stopping at step {s.step} (best validation loss at step {s.best_step})")
-                        break
-                if at_end:
+                stop, t0 = self._after_step(t0)
+                if stop:
                     break
         s.train_time = time.perf_counter() - t0
         self._restore_best()
         return self.summary()
+
+    def _after_step(self, t0: float) -> tuple[bool, float]:
+        """Validation, checkpoint and signals after an optimizer step; returns (stop, adjusted t0)."""
+        s, t = self.state, self.recipe.train
+        at_end = s.step >= self.total_steps
+        stop = False
+        if (t.eval_every and s.step % t.eval_every == 0) or at_end:
+            t_eval = time.perf_counter()
+            stop = self._evaluate() and not at_end
+            t0 += time.perf_counter() - t_eval  # throughput and train time exclude validation
+            if stop:
+                s.stopped_early = True
+                console.print(f"early stopping at step {s.step} (best {t.early_stopping_metric} at step {s.best_step})")
+        s.train_time = time.perf_counter() - t0
+        interrupted = self.dist.any_flag(self._signal is not None)
+        if interrupted or (t.save_every and s.step % t.save_every == 0 and not at_end):
+            path = self.save_checkpoint()
+            if interrupted:
+                raise TrainingInterrupted(self._signal or signal.SIGTERM, path)
+        return stop or at_end, t0
 
     def _restore_best(self) -> None:
         s = self.state
@@ -221,24 +389,37 @@ class SFTRecipe:
         with torch.no_grad():
             for name, value in s.best_weights.items():
                 params[name].copy_(value)
-        console.print(f"restored the best weights (step {s.best_step}, validation loss {s.best_val:.4f})")
+        console.print(f"restored the best weights (step {s.best_step}, {self.recipe.train.early_stopping_metric})")
 
     def summary(self) -> dict[str, Any]:
-        s = self.state
+        s, t = self.state, self.recipe.train
+        best = None
+        if not math.isinf(s.best_val):
+            flip = t.early_stopping_mode == "max" or (t.early_stopping_mode == "auto"
+                                                      and t.early_stopping_metric not in _LOSS_METRICS)
+            best = round(-s.best_val if flip else s.best_val, 5)
         return {
             "steps": s.step, "epochs_started": s.epoch + 1, "train_time_s": round(s.train_time, 2),
             "real_tokens": s.tokens, "loss_tokens": s.loss_tokens,
             "real_tokens_per_s": round(s.tokens / max(s.train_time, 1e-9), 1),
-            "best_val_loss": None if math.isinf(s.best_val) else round(s.best_val, 5), "best_step": s.best_step,
-            "stopped_early": s.stopped_early, "precision": self.precision, "device": self.device,
+            "best_metric": t.early_stopping_metric, "best_value": best,
+            "best_val_loss": best if t.early_stopping_metric == "val_loss" else self._best_logged_loss(),
+            "best_step": s.best_step, "stopped_early": s.stopped_early, "resumed_from_step": s.resumed_from,
+            "processes": self.dist.world, "precision": self.precision, "device": self.device,
             "trainable_params": self.params.trainable, "total_params": self.params.total,
             "est_memory_mb": round(self.est_memory_mb, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
         }
+
+    def _best_logged_loss(self) -> float | None:
+        losses = [r["val_loss"] for r in self.metrics.eval_rows()]
+        return min(losses) if losses else None
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self, summary: dict[str, Any], timings: dict[str, float]) -> None:
         from tunelab.data import write_rejects
 
+        if not self.dist.is_main:
+            return
         r, d = self.recipe, self.run_dir
         if r.method.name == "full":
             self.model.save_pretrained(d / "model", safe_serialization=True)

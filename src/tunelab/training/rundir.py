@@ -13,7 +13,7 @@ from typing import Any
 
 from tunelab.config.specs import OutputSpec
 from tunelab.errors import TunelabError
-from tunelab.util.io import append_jsonl, atomic_write_json
+from tunelab.util.io import append_jsonl, atomic_write_json, atomic_write_text
 
 __all__ = ["MetricsLog", "create_run_dir", "library_versions", "write_manifest"]
 
@@ -57,17 +57,39 @@ def write_manifest(run_dir: Path, **fields: Any) -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON row per logged training step or evaluation, appended as it happens."""
+    """metrics.jsonl: one JSON row per logged training step or evaluation, appended as it happens.
 
-    def __init__(self, path: Path):
+    With enabled=False (non-main processes of a distributed run) rows are kept in memory but not written.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
 
     def log(self, **row: Any) -> None:
         row = {"time_s": round(time.perf_counter() - self.t0, 3), **row}
         self.rows.append(row)
-        append_jsonl(self.path, row)
+        if self.enabled:
+            append_jsonl(self.path, row)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: keep the rows up to `step` (later ones are re-done) and continue the clock from them."""
+        import json
+
+        rows = []
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if row.get("step", 0) <= step:
+                        rows.append(row)
+        self.rows = rows
+        if rows:
+            self.t0 -= max(r.get("time_s", 0.0) for r in rows)
+        if self.enabled:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def train_rows(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if "loss" in r]
