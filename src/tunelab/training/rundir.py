@@ -6,6 +6,8 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +17,21 @@ from tunelab.config.specs import OutputSpec
 from tunelab.errors import TunelabError
 from tunelab.util.io import append_jsonl, atomic_write_json, atomic_write_text
 
-__all__ = ["MetricsLog", "create_run_dir", "library_versions", "write_manifest"]
+__all__ = ["MetricsLog", "create_run_dir", "library_versions", "listen_metrics", "write_manifest"]
+
+# Callables that see every metrics row any run logs in this process (sweep pruners, experiment trackers).
+# A listener may raise (e.g. optuna.TrialPruned) to stop the run; the exception propagates out of train().
+_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
+
+
+@contextmanager
+def listen_metrics(fn: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Call `fn(row)` for every metrics row logged while the block runs (by any recipe's MetricsLog)."""
+    _LISTENERS.append(fn)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(fn)
 
 _LIBS = ("tunelab", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "tokenizers",
          "pydantic", "numpy")
@@ -73,6 +89,8 @@ class MetricsLog:
         self.rows.append(row)
         if self.enabled:
             append_jsonl(self.path, row)
+            for fn in list(_LISTENERS):
+                fn(row)
 
     def truncate_after(self, step: int) -> None:
         """On resume: keep the rows up to `step` (later ones are re-done) and continue the clock from them."""
