@@ -10,18 +10,56 @@ from rich.table import Table
 from tunelab.config.loading import dump_recipe, load_recipe
 from tunelab.util.console import console
 
-__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_models", "cmd_run", "cmd_train", "cmd_validate"]
+__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_merge", "cmd_models", "cmd_run", "cmd_sweep", "cmd_train",
+           "cmd_validate"]
 
 
 def _recipe(args: argparse.Namespace):
     return load_recipe(args.recipe, args.overrides), Path(args.recipe).stem
 
 
+def _launch_distributed(args: argparse.Namespace, recipe, name: str) -> tuple[int, str]:
+    """Run `tunelab train` as args.nproc torchrun processes; returns (exit code, run folder name)."""
+    from datetime import datetime
+
+    from tunelab.training.distributed import launch
+
+    run_name = recipe.output.name or f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    argv = ["train", args.recipe, *args.overrides, f"output.name={run_name}"]
+    if args.resume:
+        argv[2:2] = ["--resume"] if args.resume is True else ["--resume", args.resume]
+    return launch(args.nproc, argv), run_name
+
+
+def _is_distributed_child() -> bool:
+    import os
+
+    from tunelab.training.distributed import LAUNCHED_ENV
+
+    return os.environ.get(LAUNCHED_ENV) == "1" or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _is_main_rank() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tunelab import pipeline
 
     recipe, name = _recipe(args)
-    pipeline.run(recipe, name)
+    if getattr(args, "nproc", 1) > 1 and not _is_distributed_child():
+        code, run_name = _launch_distributed(args, recipe, name)
+        if code != 0:
+            return code
+        run_dir = Path(recipe.output.dir) / run_name
+        if recipe.eval.enabled:
+            pipeline.evaluate(run_dir)
+        html, _ = pipeline.build_report(run_dir)
+        console.print(f"report: [bold]{html}[/]")
+        return 0
+    pipeline.run(recipe, name, resume=args.resume or False)
     return 0
 
 
@@ -29,14 +67,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tunelab import pipeline
 
     recipe, name = _recipe(args)
-    run_dir = pipeline.train(recipe, name)
-    pipeline.build_report(run_dir)
+    if args.nproc > 1 and not _is_distributed_child():
+        return _launch_distributed(args, recipe, name)[0]
+    run_dir = pipeline.train(recipe, name, resume=args.resume or False)
+    if _is_main_rank():
+        pipeline.build_report(run_dir)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tunelab.sweep import optimize, run_sweep
+
+    recipe, name = _recipe(args)
+    if args.worker:  # started by --workers: run trials until the shared study's budget is spent
+        optimize(recipe, name)
+        return 0
+    folder = run_sweep(recipe, name, args.recipe, args.overrides, workers=args.workers)
+    console.print(f"study: [bold]{folder}[/] (leaderboard.html, best.yaml, plots/)")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     recipe, _ = _recipe(args)
     print(dump_recipe(recipe), end="")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tunelab.methods.merge import merge_run
+
+    record = merge_run(args.run_dir, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    diff = record["max_abs_logit_diff"]["merged_vs_adapter_fp32"]
+    console.print(f"merged {record['method']} run into [bold]{args.out}[/] ({args.dtype}; max logit difference "
+                  f"vs the adapter {diff:.2e}); load it with AutoModelForCausalLM.from_pretrained")
     return 0
 
 
@@ -90,6 +153,12 @@ def cmd_data(args: argparse.Namespace) -> int:
         report, html = report_file(spec, args.out, args.eval, args.model)
         _print_findings(report, html)
         return 0
+    if args.data_verb == "split":
+        from tunelab.data.stage import split_file
+
+        spec = load_recipe(None, [f"data.path={args.file}", *(f"data.{o}" for o in args.overrides)]).data
+        _print_split(split_file(spec, args.out, overwrite=args.overwrite), args.out)
+        return 0
     if args.data_verb == "curate":
         spec = load_recipe(args.recipe, args.overrides).data
         steps = list(spec.curate.steps)
@@ -102,6 +171,20 @@ def cmd_data(args: argparse.Namespace) -> int:
     manifest = curate_file(spec, steps, args.out, args.eval, overwrite=args.overwrite)
     _print_steps(manifest, args.out)
     return 0
+
+
+def _print_split(manifest: dict, out: str) -> None:
+    usable = manifest["rows_out"]
+    table = Table(title=f"{manifest['rows_in']} rows in → {usable} split, {manifest['rejected']} rejected at read"
+                  + (" (stratified by label)" if manifest["stratified"] else ""))
+    for col in ("split", "rows", "share", "labels"):
+        table.add_column(col)
+    for name, info in manifest["splits"].items():
+        labels = ", ".join(f"{k} {v}" for k, v in info.get("labels", {}).items())
+        table.add_row(name, str(info["rows"]), f"{info['rows'] / max(usable, 1):.1%}", labels)
+    console.print(table)
+    console.print(f"datasets: [bold]{out}[/]/train, /validation, /test (data.jsonl, manifest.json); "
+                  "read rejects in rejects.jsonl")
 
 
 def _print_steps(manifest: dict, out: str) -> None:

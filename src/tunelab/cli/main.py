@@ -22,7 +22,11 @@ EXAMPLES = {
         examples:
           tunelab train examples/quickstart.yaml
           tunelab train examples/quickstart.yaml method.name=full train.lr=5e-5 output.name=full-ft
-        Writes a run folder: adapter/ (or model/), tokenizer/, config.yaml, manifest.json, metrics.jsonl.""",
+          tunelab train examples/quickstart.yaml train.save_every=50 output.name=qs   (Ctrl-C saves a checkpoint)
+          tunelab train examples/quickstart.yaml output.name=qs --resume             (continues exactly)
+          tunelab train examples/quickstart.yaml --nproc 2                           (data-parallel, 2 processes)
+        Writes a run folder: adapter/ (or model/), tokenizer/, config.yaml, manifest.json, metrics.jsonl,
+        checkpoints/ (with train.save_every or after SIGINT/SIGTERM).""",
     "eval": """
         examples:
           tunelab eval runs/quickstart
@@ -46,15 +50,38 @@ EXAMPLES = {
           tunelab data dedup ../shared/data/codealpaca/code_alpaca_2k.json -o data/dedup curate.dedup.threshold=0.7
           tunelab data decontam train.jsonl --eval test.jsonl -o data/decontam
           tunelab data curate examples/curated.yaml -o data/curated          (the recipe's data.curate.steps)
+          tunelab data augment chats.jsonl -o data/eda curate.augment.copies=4   (EDA: synonym/insert/swap/delete)
+          tunelab data augment chats.jsonl -o data/si curate.augment.ops=[self_instruct,paraphrase]
+          tunelab data augment chats.jsonl -o data/bt curate.augment.ops=[back_translate] \\
+              curate.augment.generator.endpoint=http://127.0.0.1:8000/v1 curate.augment.generator.model=NAME
+          tunelab data score chats.jsonl -o data/best curate.score.keep_top=500      (LLM judge, default model)
+          tunelab data score chats.jsonl -o data/good curate.score.min_score=3.5 curate.score.rubric_file=rubric.txt
+          tunelab data split ../shared/data/emotion/train.txt -o data/emotion delimiter=';' split.test=0.2
         `report` writes data_report.html and data_report.json (findings with severity and the action to take).
         The others write a dataset folder: data.jsonl, rejects.jsonl (every removed row, its step and reason)
         and manifest.json (input hashes, steps with parameters and counts). Use the folder as data.path.
+        `score` adds {"score": {"value", "judge", "rubric"}} to every row; `split` writes OUT/train,
+        OUT/validation and OUT/test dataset folders (data.split.* settings), read rejects in OUT/rejects.jsonl.
         Overrides are keys of the recipe's data section (format=alpaca, columns={...}, curate.dedup.near=false).""",
+    "sweep": """
+        examples:
+          tunelab sweep examples/emotion_sweep.yaml
+          tunelab sweep examples/emotion_sweep.yaml --workers 2          (two processes share the SQLite study)
+          tunelab sweep examples/emotion_sweep.yaml sweep.trials=40       (re-running continues the study)
+        Writes runs/sweeps/<study>/: trials/ (normal run folders), leaderboard.csv/.html, best.yaml, plots/.""",
     "validate": """
         examples:
           tunelab validate examples/quickstart.yaml
           tunelab validate examples/emotion.yaml data.path=../shared/data/emotion/train.txt
         Prints the resolved recipe (every default explicit) or the first problem with file:line.""",
+    "merge": """
+        examples:
+          tunelab merge runs/quickstart -o models/quickstart-merged
+          tunelab merge runs/emotion-ia3 -o models/emotion --dtype bf16 --overwrite
+        Folds a LoRA/QLoRA/DoRA/IA3 adapter into the base model and writes a standard Transformers folder
+        (safetensors, config, tokenizer with the chat template) that AutoModelForCausalLM loads alone; the
+        merged logits are checked against the adapter's first. Prefix/prompt/P-tuning runs cannot merge
+        (use the run folder itself: `tunelab chat RUN_DIR`).""",
 }
 
 
@@ -81,9 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_recipe_args(_sub(subs, "run", "train, evaluate and report, as the recipe says", c.cmd_run))
-    _add_recipe_args(_sub(subs, "train", "fine-tune a model from a recipe", c.cmd_train))
+    for verb, text, handler in (("run", "train, evaluate and report, as the recipe says", c.cmd_run),
+                                ("train", "fine-tune a model from a recipe", c.cmd_train)):
+        p = _sub(subs, verb, text, handler)
+        _add_recipe_args(p)
+        p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                       help="continue the newest interrupted run of this recipe (or RUN_DIR) from its last checkpoint")
+        p.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on GPU)")
     _add_recipe_args(_sub(subs, "validate", "check a recipe and print it resolved", c.cmd_validate))
+    sw = _sub(subs, "sweep", "search hyperparameters (grid/random/TPE/CMA-ES with pruning) on Optuna", c.cmd_sweep)
+    _add_recipe_args(sw)
+    sw.add_argument("--workers", type=int, default=1, metavar="N", help="trial processes sharing the study")
+    sw.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers
     ev = _sub(subs, "eval", "evaluate a run folder (tuned vs base) on held-out data", c.cmd_eval)
     ev.add_argument("run_dir", help="run folder from `tunelab train`")
     chat = _sub(subs, "chat", "talk to a run folder's model or any model", c.cmd_chat)
@@ -92,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system message")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     _sub(subs, "models", "list available models with sizes and memory estimates", c.cmd_models)
+    merge = _sub(subs, "merge", "merge a run's adapter into its base: a standard Transformers folder", c.cmd_merge)
+    merge.add_argument("run_dir", help="run folder from `tunelab train`")
+    merge.add_argument("-o", "--out", required=True, help="output model folder")
+    merge.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype (default fp32)")
+    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     _add_data_verbs(_sub(subs, "data", "curate a dataset: clean, pii, filter, dedup, decontam", c.cmd_data))
     return parser
 
@@ -104,6 +146,9 @@ DATA_VERBS = {
     "dedup": "drop exact and near-duplicate rows (MinHash LSH), keeping the longest of each cluster",
     "decontam": "drop training rows that share 13-grams with evaluation data (--eval FILE)",
     "curate": "run a recipe's data.curate.steps over its data.path",
+    "augment": "add synthetic rows (EDA, paraphrase, self-instruct, back-translation), filtered and deduplicated",
+    "score": "rate rows with an LLM judge and a rubric (1-5); keep the best N or those above a threshold",
+    "split": "write train/validation/test dataset folders (deterministic, stratified, near-duplicates grouped)",
 }
 
 
@@ -147,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunelabError as e:
         if args.debug:
             raise
-        print(f"error: {e.one_line()}", file=sys.stderr)
-        return 2
+        signum = getattr(e, "signum", None)  # TrainingInterrupted: a checkpoint was saved
+        print(f"{'interrupted' if signum else 'error'}: {e.one_line()}", file=sys.stderr)
+        return 128 + signum if signum else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import TunelabError
 
 __all__ = [
     "CURATE_STEPS",
+    "AugmentSpec",
     "CleanSpec",
     "CurateSpec",
     "DataSpec",
@@ -15,14 +18,26 @@ __all__ = [
     "DedupSpec",
     "FilterSpec",
     "GeneratorSpec",
+    "JudgeSpec",
+    "MixtureSource",
     "PiiSpec",
     "EvalSpec",
+    "FreezeSpec",
+    "IA3Spec",
     "LoraSpec",
     "MethodSpec",
     "ModelSpec",
     "OutputSpec",
+    "PreferenceSpec",
+    "PrefixSpec",
+    "PromptSpec",
+    "PtuningSpec",
+    "QLoraSpec",
     "Recipe",
+    "ScoreSpec",
     "SplitSpec",
+    "SweepSpec",
+    "ParamSpec",
     "TrainSpec",
 ]
 
@@ -115,7 +130,7 @@ class DecontamSpec(_Spec):
     action: Literal["drop", "report"] = Field("drop", description="Drop contaminated training rows or only count them.")
 
 
-CURATE_STEPS = ("clean", "pii", "filter", "dedup", "decontam")
+CURATE_STEPS = ("clean", "pii", "filter", "dedup", "decontam", "score", "augment")
 
 
 class GeneratorSpec(_Spec):
@@ -132,8 +147,87 @@ class GeneratorSpec(_Spec):
     timeout_s: float = Field(120.0, gt=0, description="Endpoint request timeout in seconds.")
 
 
+class JudgeSpec(GeneratorSpec):
+    # A judge must be reproducible and answer in a few tokens: greedy and short by default, also when a
+    # recipe sets only some of the generator keys (a plain GeneratorSpec would come back at 0.7).
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy, deterministic).")
+    max_new_tokens: int = Field(16, ge=1, description="Reply budget in `mode: generate` (a digit is enough).")
+
+
+class ScoreSpec(_Spec):
+    rubric: str | None = Field(None, description="Rubric text shown to the judge; null uses the builtin rubric "
+                               "(helpfulness, correctness, clarity, instruction following; 1-5, see docs/data.md).")
+    rubric_file: str | None = Field(None, description="Read the rubric from this text file instead (not with "
+                                    "`rubric`).")
+    mode: Literal["probs", "generate"] = Field(
+        "probs", description="'probs': the expected score under the judge's next-token probabilities of "
+        "'1'..'5' (G-Eval; deterministic; endpoints must return logprobs); 'generate': the first digit 1-5 of "
+        "the judge's reply (endpoints without logprobs); a reply without one leaves the row unscored."
+    )
+    min_score: float | None = Field(None, ge=1, le=5, description="Drop rows that score below this.")
+    keep_top: int | None = Field(None, ge=1, description="Keep only the N best-scoring rows (ties: the earlier row).")
+    max_chars: int = Field(2000, ge=100, description="Characters of the prompt and of the answer shown to the "
+                           "judge; longer ones are cut and marked as cut.")
+    generator: JudgeSpec = Field(default_factory=JudgeSpec, description="The judge: a local model or an "
+                                 "OpenAI-compatible endpoint (greedy by default).")
+
+    @model_validator(mode="after")
+    def _one_rubric(self) -> ScoreSpec:
+        if self.rubric is not None and self.rubric_file is not None:
+            raise ValueError("set either rubric or rubric_file, not both")
+        return self
+
+
+# Self-Instruct's filter (Wang et al. 2022): tasks a text-only model cannot do.
+_BLOCKED_KEYWORDS = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+                     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
+
+
+class AugmentSpec(_Spec):
+    ops: list[Literal["synonym", "insert", "swap", "delete", "paraphrase", "self_instruct", "back_translate"]] = Field(
+        default_factory=lambda: ["synonym", "insert", "swap", "delete"], min_length=1,
+        description="What to generate: EDA rewrites 'synonym', 'insert', 'swap', 'delete' (WordNet, no model); "
+        "'paraphrase' (the generator rewrites the turns of `roles`); 'self_instruct' (new instructions and "
+        "answers from seed examples); 'back_translate' (an instruction for each answer or document).",
+    )
+    copies: int = Field(1, ge=1, le=64, description="New rows per source row and op (all ops but self_instruct).")
+    alpha: float = Field(0.1, gt=0, le=0.5, description="EDA strength: fraction of a turn's plain words replaced, "
+                         "inserted or swapped (at least one), and each word's deletion probability.")
+    roles: list[Literal["system", "user", "assistant"]] = Field(
+        default_factory=lambda: ["user"], min_length=1,
+        description="Turns rewritten by the EDA ops and paraphrase (plain-text rows are always rewritten).")
+    num_instructions: int = Field(20, ge=1, description="self_instruct: candidate instructions to generate "
+                                  "(accepted ones can be fewer).")
+    seed_examples: int = Field(4, ge=1, le=16, description="self_instruct: example instructions per prompt (about "
+                               "a quarter from already generated ones once there are some).")
+    seed_top: int | None = Field(None, ge=1, description="self_instruct: draw examples only from the N rows with "
+                                 "the highest 'score' (a numeric column or `score` step result); null: all rows.")
+    max_similarity: float = Field(0.7, gt=0, le=1, description="Reject a generated instruction whose ROUGE-L with "
+                                  "an existing or earlier instruction (back_translate: with its own text) is at "
+                                  "least this.")
+    min_similarity: float = Field(0.3, ge=0, lt=1, description="paraphrase: reject a rewrite whose ROUGE-L with "
+                                  "its source is below this (the meaning drifted).")
+    max_length_ratio: float = Field(2.0, ge=1, description="paraphrase: reject a rewrite more than this many "
+                                    "times longer or shorter (characters) than its source.")
+    min_words: int = Field(3, ge=1, description="Reject generated instructions with fewer words.")
+    max_words: int = Field(150, ge=1, description="Reject generated instructions with more words.")
+    blocked_keywords: list[str] = Field(default_factory=lambda: list(_BLOCKED_KEYWORDS),
+                                        description="self_instruct: reject instructions containing any of these.")
+    keep_originals: bool = Field(True, description="Keep the source rows; false keeps only the accepted new rows "
+                                 "(e.g. back-translated pairs from plain-text documents).")
+    generator: GeneratorSpec = Field(default_factory=GeneratorSpec, description="Model for paraphrase, "
+                                     "self_instruct and back_translate: local or an OpenAI-compatible endpoint.")
+    seed: int = Field(0, description="Seed of the EDA rewrites and of self-instruct's example sampling.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AugmentSpec:
+        if self.min_words > self.max_words:
+            raise ValueError("min_words must not exceed max_words")
+        return self
+
+
 class CurateSpec(_Spec):
-    steps: list[Literal["clean", "pii", "filter", "dedup", "decontam"]] = Field(
+    steps: list[Literal["clean", "pii", "filter", "dedup", "decontam", "score", "augment"]] = Field(
         default_factory=list, description="Curation steps to run on the data before training, in this order."
     )
     clean: CleanSpec = Field(default_factory=CleanSpec, description="Text normalisers.")
@@ -141,17 +235,62 @@ class CurateSpec(_Spec):
     filter: FilterSpec = Field(default_factory=FilterSpec, description="Quality filters (Gopher-style).")
     dedup: DedupSpec = Field(default_factory=DedupSpec, description="Exact and near-duplicate removal.")
     decontam: DecontamSpec = Field(default_factory=DecontamSpec, description="Train/eval n-gram overlap.")
+    score: ScoreSpec = Field(default_factory=ScoreSpec, description="LLM-as-judge quality scores; keep the best.")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="New rows: EDA rewrites, paraphrases, "
+                                 "self-instruct and instruction back-translation (marked synthetic).")
+
+
+DataFormat = Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text",
+                     # preference data (train.objective=preference; see docs/preferences.md)
+                     "pairs", "sharegpt_pairs", "hh", "unpaired"]
+
+
+class MixtureSource(_Spec):
+    path: str = Field(..., description="Data file of this source (anything data.path accepts).")
+    name: str | None = Field(None, description="Name of the source in data_summary.json (default: file name).")
+    weight: float = Field(1.0, gt=0, description="Share of the training split drawn from this source "
+                          "(weights are normalised over all sources).")
+    format: DataFormat | None = Field(None, description="Record format of this source (null: data.format).")
+    columns: dict[str, str] | None = Field(None, description="Column mapping of this source (null: data.columns).")
+    delimiter: str | None = Field(None, description="Delimiter of this source (null: data.delimiter).")
+    prompt_template: str | None = Field(None, description="Prompt template of this source (null: "
+                                        "data.prompt_template).")
+    system_prompt: str | None = Field(None, description="System prompt of this source (null: data.system_prompt).")
+    label_column: str | None = Field(None, description="Label column of this source (null: data.label_column).")
+
+
+def _check_mixture(entries: object) -> object:
+    """Validate each data.mixture entry here so that an error names it (`data.mixture[1].path`)."""
+    import difflib
+
+    if not isinstance(entries, list):
+        return entries  # pydantic reports the wrong type
+    for i, entry in enumerate(entries):
+        try:
+            MixtureSource.model_validate(entry)
+        except ValidationError as e:
+            # Unknown keys first: they usually explain a missing one (a misspelt 'path').
+            err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
+            key = f"data.mixture[{i}]" + "".join(f".{p}" for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(err["loc"][-1]), list(MixtureSource.model_fields), n=1)
+                fix = f"did you mean '{close[0]}'?" if close else f"keys: {', '.join(MixtureSource.model_fields)}"
+                raise TunelabError("unknown key", where=key, fix=fix) from None
+            raise TunelabError(err["msg"][:1].lower() + err["msg"][1:], where=key,
+                               fix="each entry needs a path; weight > 0; see docs/objectives.md") from None
+    return entries
 
 
 class DataSpec(_Spec):
-    path: str = Field(..., description="Training data file (.jsonl, .json, .csv, .tsv, .txt, .parquet).")
+    path: str | None = Field(
+        None, description="Training data file (.jsonl, .json, .csv, .tsv, .txt, .parquet); required unless "
+        "data.mixture lists the sources (it then names the first one)."
+    )
     validation_path: str | None = Field(
         None, description="Optional separate validation file; when set, no validation rows are split off."
     )
     test_path: str | None = Field(None, description="Optional separate test file; when set, no test rows are split off.")
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"] = Field(
-        "auto", description="Record format; 'auto' detects it from the fields of the first rows."
-    )
+    format: DataFormat = Field("auto", description="Record format; 'auto' detects it from the fields of the first rows.")
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Map canonical fields to your column names, e.g. {prompt: dialogue, completion: summary}.",
@@ -178,6 +317,51 @@ class DataSpec(_Spec):
         "file:line, or skip them into rejects.jsonl (counted)."
     )
     curate: CurateSpec = Field(default_factory=CurateSpec, description="Curation steps run before training.")
+    packing: Literal["auto", "none", "blocks"] = Field(
+        "auto", description="'blocks' joins plain-text documents (EOS between them) and cuts them into blocks of "
+        "max_length tokens, every token a label (continued pretraining); 'none' keeps one example per row; "
+        "'auto' is blocks for train.objective=pretrain, none otherwise."
+    )
+    label_column: str | None = Field(
+        None, description="train.objective=classify: the raw column holding each row's label (default: the "
+        "final assistant answer, or a 'label' column for plain-text rows)."
+    )
+    score_column: str | None = Field(
+        None, description="Raw column with a numeric difficulty per row (low = easy) for train.curriculum=score; "
+        "rows without a number are rejected (counted)."
+    )
+    mixture: list[MixtureSource] = Field(
+        default_factory=list, description="Several sources instead of data.path: entries {path, weight, name, "
+        "format, columns, delimiter, prompt_template, system_prompt, label_column}. Each source is split on its "
+        "own (validation/test per source); the training split draws weight-proportional rows from them "
+        "(seeded by data.split.seed; data.limit rows in all, else the total available; a source is repeated "
+        "when its share exceeds its rows)."
+    )
+
+    @field_validator("mixture", mode="before")
+    @classmethod
+    def _mixture_entries(cls, v: object) -> object:
+        return _check_mixture(v)
+
+    @model_validator(mode="after")
+    def _sources(self) -> DataSpec:
+        if not self.mixture:
+            if self.path is None:
+                raise TunelabError("missing required key 'data.path'", where="data.path",
+                                   fix="add it to the recipe or pass it as an override, or list sources in "
+                                   "data.mixture")
+            return self
+        if self.path not in (None, self.mixture[0].path):
+            raise TunelabError("data.path and data.mixture are both set", where="data.path",
+                               fix="list every source in data.mixture (data.path then names the first one)")
+        for key in ("validation_path", "test_path"):
+            if getattr(self, key):
+                raise TunelabError(f"data.{key} cannot be combined with data.mixture (each source is split on "
+                                   "its own)", where=f"data.{key}", fix="remove it; use data.split fractions")
+        if self.path is None:
+            # Lineage (manifest, dataset identity) reads data.path; it names the first source.
+            self.path = self.mixture[0].path
+        return self
 
 
 class ModelSpec(_Spec):
@@ -200,11 +384,96 @@ class LoraSpec(_Spec):
     target_modules: list[str] | str = Field(
         "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the head."
     )
+    rslora: bool = Field(False, description="Rank-stabilised LoRA: scale = alpha / sqrt(r) instead of alpha / r.")
+    dora: bool = Field(False, description="DoRA: learn a magnitude vector per output and the LoRA direction.")
+    init: Literal["default", "gaussian", "pissa", "pissa_fast", "olora"] = Field(
+        "default", description="Adapter initialisation: 'default' (B = 0, A Kaiming), 'gaussian' (A Gaussian), "
+        "'pissa' (principal singular vectors, exact SVD), 'pissa_fast' (randomised SVD, 16 iterations), "
+        "'olora' (QR of the weights). PiSSA/OLoRA move the base weights: the adapter then reloads by "
+        "re-running the same deterministic initialisation on the base."
+    )
+    plus_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: learning rate of the B matrices = train.lr x this ratio (the paper "
+        "uses 16); null: one learning rate for all."
+    )
+
+
+class QLoraSpec(_Spec):
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base (bitsandbytes).")
+    double_quant: bool = Field(True, description="Quantise the quantisation constants too (saves ~0.4 bit/weight).")
+
+
+class FreezeSpec(_Spec):
+    top_k_blocks: int = Field(2, ge=0, description="Train the last k transformer blocks (0: none).")
+    train_head: bool = Field(True, description="Train the output head; with tied embeddings (SmolLM2) this also "
+                             "trains the input embedding, which is the same matrix.")
+    train_embeddings: bool = Field(False, description="Train the input token embedding.")
+    train_final_norm: bool = Field(True, description="Train the normalisation layer before the head.")
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> FreezeSpec:
+        if not (self.top_k_blocks or self.train_head or self.train_embeddings or self.train_final_norm):
+            raise ValueError("nothing would be trained: set top_k_blocks > 0 or one of train_head, "
+                             "train_embeddings, train_final_norm")
+        return self
+
+
+class PrefixSpec(_Spec):
+    num_virtual_tokens: int = Field(20, ge=1, description="Prefix length: key/value pairs added to every layer.")
+    projection: bool = Field(False, description="Reparameterise the prefix through a 2-layer MLP (more stable, "
+                             "more parameters during training).")
+    encoder_hidden_size: int = Field(256, ge=1, description="Hidden size of that MLP (with projection).")
+
+
+class PromptSpec(_Spec):
+    num_virtual_tokens: int = Field(20, ge=1, description="Soft-prompt length (embeddings prepended to the input).")
+    init: Literal["random", "text"] = Field("random", description="Start from random embeddings or from the "
+                                            "embeddings of init_text (repeated or cut to num_virtual_tokens).")
+    init_text: str | None = Field(None, description="Text whose token embeddings start the soft prompt "
+                                  "(with init: text), e.g. the task instruction.")
+
+    @model_validator(mode="after")
+    def _text_given(self) -> PromptSpec:
+        if self.init == "text" and not (self.init_text or "").strip():
+            raise ValueError("init: text needs init_text (e.g. the task instruction)")
+        return self
+
+
+class PtuningSpec(_Spec):
+    num_virtual_tokens: int = Field(20, ge=1, description="Number of virtual tokens produced by the prompt encoder.")
+    encoder: Literal["mlp", "lstm"] = Field("mlp", description="Prompt encoder that produces the virtual tokens.")
+    encoder_hidden_size: int = Field(128, ge=1, description="Hidden size of the prompt encoder.")
+    encoder_num_layers: int = Field(2, ge=1, description="Layers of the prompt encoder (LSTM only).")
+    encoder_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the prompt encoder.")
+
+
+class IA3Spec(_Spec):
+    target_modules: list[str] | str | None = Field(
+        None, description="Modules whose activations are rescaled: names, 'all-linear', or null for PEFT's "
+        "choice for the architecture (LLaMA: k_proj, v_proj, down_proj)."
+    )
+    feedforward_modules: list[str] | None = Field(
+        None, description="Which targets are feed-forward (scaled on their input, not output); null: PEFT's "
+        "choice, or with explicit target_modules those named like down_proj/fc2/w2."
+    )
+
+
+MethodName = Literal["full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3"]
 
 
 class MethodSpec(_Spec):
-    name: Literal["lora", "full"] = Field("lora", description="Fine-tuning method.")
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (used when name is 'lora').")
+    name: MethodName = Field(
+        "lora", description="Fine-tuning method: 'full' (all weights), 'freeze' (top blocks and/or head), 'lora' "
+        "(incl. rsLoRA, DoRA, PiSSA, LoRA+), 'qlora' (LoRA on a 4-bit base, CUDA only), 'prefix', 'prompt', "
+        "'ptuning' (prompt learning), 'ia3'. Only the section of the chosen method is read."
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (name 'lora' or 'qlora').")
+    qlora: QLoraSpec = Field(default_factory=QLoraSpec, description="4-bit base settings (name 'qlora').")
+    freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="What trains with name 'freeze'.")
+    prefix: PrefixSpec = Field(default_factory=PrefixSpec, description="Prefix tuning (name 'prefix').")
+    prompt: PromptSpec = Field(default_factory=PromptSpec, description="Prompt tuning (name 'prompt').")
+    ptuning: PtuningSpec = Field(default_factory=PtuningSpec, description="P-tuning (name 'ptuning').")
+    ia3: IA3Spec = Field(default_factory=IA3Spec, description="IA3 (name 'ia3').")
 
 
 class TrainSpec(_Spec):
@@ -221,12 +490,54 @@ class TrainSpec(_Spec):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without validation-loss improvement."
     )
+    early_stopping_metric: str = Field(
+        "val_loss", description="Metric that early stopping and the best checkpoint follow: 'val_loss', 'val_ppl', "
+        "or a task metric of the validation split computed by generation ('accuracy', 'macro_f1', 'exact_match', "
+        "'token_f1', 'json_valid', 'field_accuracy', 'rougeL', ...; see docs/training.md)."
+    )
+    early_stopping_mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="Whether lower or higher is better; 'auto': min for losses/perplexity, max otherwise."
+    )
+    eval_samples: int = Field(64, ge=1, description="Validation rows generated per evaluation for task metrics.")
+    optimizer: Literal["adamw", "adafactor", "sgd", "adamw_8bit"] = Field(
+        "adamw", description="AdamW; Adafactor (factored second moments, little memory); SGD with momentum; "
+        "8-bit AdamW (bitsandbytes, CUDA only)."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the token cross-entropy.")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Set the model's own dropout probabilities (attention/hidden) for training; "
+        "null keeps the model's values (0 for SmolLM2)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% more compute)."
+    )
+    save_every: int | None = Field(
+        None, ge=1, description="Write a resumable checkpoint every N optimizer steps (null: only on SIGINT/SIGTERM)."
+    )
+    save_total_limit: int | None = Field(
+        2, ge=0, description="Keep the newest K checkpoints (plus the best one); null keeps all."
+    )
+    resume: Literal["never", "auto"] = Field(
+        "never", description="'auto': continue from the newest intact checkpoint of the run folder when there is one."
+    )
     log_every: int = Field(5, ge=1, description="Write a metrics.jsonl row every N optimizer steps.")
     seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
     batching: Literal["length_grouped", "packed", "padded"] = Field(
         "length_grouped",
         description="'length_grouped' batches similar lengths (little padding), 'packed' concatenates "
         "examples with per-document attention, 'padded' pads every batch to max_length (the slow baseline).",
+    )
+    objective: Literal["sft", "pretrain", "classify", "preference"] = Field(
+        "sft", description="What is learned (docs/objectives.md): 'sft' next-token loss on the assistant turns "
+        "(all tokens for plain text); 'pretrain' next-token loss on plain text packed into blocks (perplexity "
+        "evaluation); 'classify' a new sequence-classification head on the model (encoder or decoder), "
+        "evaluated by accuracy and macro-F1; 'preference' DPO-family/ORPO/SimPO/KTO on preference data "
+        "(the `preference` section; docs/preferences.md)."
+    )
+    curriculum: Literal["none", "length", "score"] = Field(
+        "none", description="Order of the first epoch: 'length' shortest rows first, 'score' lowest "
+        "data.score_column first (easy to hard, in consecutive batches); later epochs are shuffled as usual."
     )
 
 
@@ -255,6 +566,102 @@ class OutputSpec(_Spec):
         return v
 
 
+class ParamSpec(_Spec):
+    type: Literal["float", "log_float", "int", "categorical"] = Field(..., description="Kind of search dimension.")
+    low: float | None = Field(None, description="Lower bound (float, log_float, int).")
+    high: float | None = Field(None, description="Upper bound (float, log_float, int).")
+    step: float | None = Field(None, gt=0, description="Grid step for float/int (required by the grid strategy for them).")
+    choices: list[Any] | None = Field(None, description="Values of a categorical dimension.")
+    when: str | None = Field(
+        None, description="Condition on other parameters, e.g. \"method.name == 'lora'\": the dimension exists only "
+        "when it holds (conditional search space)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if self.low >= self.high:
+            raise ValueError(f"empty or inverted range: low {self.low} >= high {self.high}")
+        if self.type == "log_float" and self.low <= 0:
+            raise ValueError("log_float needs low > 0")
+        return self
+
+
+class SweepSpec(_Spec):
+    space: dict[str, ParamSpec] = Field(..., description="Search space: dotted recipe key -> dimension.")
+    strategy: Literal["grid", "random", "tpe", "cmaes"] = Field(
+        "tpe", description="Sampler: full grid, random, TPE (Bayesian), or CMA-ES (continuous spaces)."
+    )
+    pruner: Literal["none", "median", "asha", "hyperband"] = Field(
+        "asha", description="Stop bad trials early from their intermediate validation metrics."
+    )
+    metric: str = Field("val_loss", description="Objective: a validation metric (same names as "
+                        "train.early_stopping_metric: val_loss, val_ppl, accuracy, macro_f1, field_accuracy, ...).")
+    direction: Literal["auto", "minimize", "maximize"] = Field(
+        "auto", description="'auto': minimise losses/perplexity, maximise everything else."
+    )
+    trials: int | None = Field(20, ge=1, description="Finished trials to run (complete + pruned + failed).")
+    max_time_s: float | None = Field(None, gt=0, description="Stop starting new trials after this wall time.")
+    max_tokens: int | None = Field(None, ge=1, description="Stop starting new trials after this many training tokens.")
+    storage: str | None = Field(
+        None, description="Optuna storage URL (e.g. postgresql://user@host/db for several machines); default: SQLite "
+        "in the study folder."
+    )
+    study_name: str | None = Field(None, description="Study name (default: the recipe name).")
+    seed: int = Field(0, description="Sampler seed.")
+    min_resource: int = Field(1, ge=1, description="Pruners: evaluations a trial gets before it can be pruned.")
+
+
+REFERENCE_FREE_LOSSES = ("orpo", "simpo", "cpo")  # objectives with no reference model
+
+
+class PreferenceSpec(_Spec):
+    loss: Literal["sigmoid", "ipo", "hinge", "orpo", "simpo", "cpo", "kto"] = Field(
+        "sigmoid", description="'sigmoid' DPO, 'ipo' IPO, 'hinge' SLiC-style DPO (TRL DPOTrainer); 'orpo' "
+        "odds-ratio preference + SFT loss, no reference (ORPOTrainer); 'simpo' length-normalised, no reference "
+        "(CPOTrainer, cpo_alpha 0); 'cpo' contrastive preference + SFT loss (CPOTrainer); 'kto' unpaired "
+        "good/bad labels (KTOTrainer; pairs are split into one good and one bad row)."
+    )
+    beta: float = Field(0.1, gt=0, description="Strength of the preference term: DPO/IPO/KTO deviation from the "
+                        "reference (higher = closer); ORPO's lambda; SimPO/CPO's reward scale (SimPO paper: 2.0).")
+    reference: Literal["auto", "peft", "precompute", "copy", "none"] = Field(
+        "auto", description="Reference policy for sigmoid/ipo/hinge/kto: 'peft' the frozen initial adapter "
+        "(LoRA default init = the base model; no second model), 'precompute' reference log-probs of every pair "
+        "computed once before training (any method, no reference forward per step), 'copy' a second frozen model "
+        "(model.name or reference_model); 'auto': peft for PEFT methods, precompute for full/freeze; 'none' for "
+        "the reference-free losses (orpo, simpo, cpo)."
+    )
+    reference_model: str | None = Field(
+        None, description="With reference=copy: another model as the reference (alias, folder or run folder, e.g. "
+        "the SFT run this DPO starts from); its tokenizer must match model.name's."
+    )
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin (loss 'simpo').")
+    cpo_alpha: float = Field(1.0, ge=0, description="Weight of the SFT (NLL) term of loss 'cpo'.")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of good rows (raise it when bad rows "
+                                    "outnumber good ones).")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of bad rows.")
+
+    @model_validator(mode="after")
+    def _reference(self) -> PreferenceSpec:
+        free = self.loss in REFERENCE_FREE_LOSSES
+        if free and self.reference not in ("auto", "none"):
+            raise TunelabError(f"preference.loss={self.loss} uses no reference model, but preference.reference="
+                               f"{self.reference}", where="preference.reference",
+                               fix="remove preference.reference (or set it to none), or use loss sigmoid/ipo/hinge")
+        if not free and self.reference == "none":
+            raise TunelabError(f"preference.loss={self.loss} needs a reference policy", where="preference.reference",
+                               fix="use auto, peft, precompute or copy; or loss orpo/simpo/cpo without one")
+        if self.reference_model and self.reference != "copy":
+            raise TunelabError("preference.reference_model is used only with preference.reference=copy",
+                               where="preference.reference_model", fix="set preference.reference=copy")
+        return self
+
+
 class Recipe(_Spec):
     data: DataSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -262,10 +669,44 @@ class Recipe(_Spec):
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    sweep: SweepSpec | None = Field(None, description="Hyperparameter search (`tunelab sweep`).")
+    preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="Preference objective "
+                                       "(train.objective=preference): loss, beta, reference policy.")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
         s = self.data.split
         if s.validation + s.test >= 0.9:
             raise ValueError("data.split.validation + data.split.test must leave at least 10% for training")
+        return self
+
+    @model_validator(mode="after")
+    def _objective(self) -> Recipe:
+        d, t = self.data, self.train
+        if d.packing == "auto":
+            d.packing = "blocks" if t.objective == "pretrain" else "none"
+        if t.objective == "pretrain" and d.packing != "blocks":
+            raise TunelabError("train.objective=pretrain packs documents into blocks", where="data.packing",
+                               fix="use data.packing=blocks, or train.objective=sft to train on each text row alone")
+        if t.objective == "classify" and d.packing == "blocks":
+            raise TunelabError("a classifier reads one row at a time; blocks of joined documents have no label",
+                               where="train.objective, data.packing", fix="use data.packing=none")
+        if t.curriculum == "score" and not d.score_column:
+            raise TunelabError("train.curriculum=score needs the column holding the scores",
+                               where="train.curriculum, data.score_column", fix="set data.score_column=COLUMN")
+        if t.curriculum != "none" and d.packing == "blocks":
+            raise TunelabError("a curriculum orders rows, but data.packing=blocks cuts them into equal blocks",
+                               where="train.curriculum, data.packing", fix="use train.curriculum=none")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_data(self) -> Recipe:
+        preference_format = self.data.format in ("pairs", "sharegpt_pairs", "hh", "unpaired")
+        if preference_format and self.train.objective != "preference":
+            raise TunelabError(f"data.format={self.data.format} is preference data, but train.objective="
+                               f"{self.train.objective}", where="data.format, train.objective",
+                               fix="set train.objective=preference, or a chat/text data.format")
+        if self.train.objective == "preference" and self.data.packing == "blocks":
+            raise TunelabError("preference pairs cannot be packed into blocks", where="data.packing",
+                               fix="use data.packing=none")
         return self

@@ -24,8 +24,31 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
-    """A causal LM from safetensors only (never pickle), in eval mode, weights in `dtype`."""
+# Config attributes that hold the model's own dropout probabilities, across common architectures.
+DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "activation_dropout")
+
+
+def dropout_overrides(path, dropout: float | None, trust_remote_code: bool = False) -> dict[str, float]:
+    """from_pretrained kwargs that set every dropout probability the model's config has to `dropout`."""
+    if dropout is None:
+        return {}
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    keys = {k: dropout for k in DROPOUT_KEYS if isinstance(getattr(cfg, k, None), int | float)}
+    if not keys:
+        raise TunelabError(f"this model's config has no dropout setting ({type(cfg).__name__})",
+                           where="train.dropout", fix="leave train.dropout null, or use method.lora.dropout")
+    return keys
+
+
+def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                   dropout: float | None = None):
+    """A causal LM from safetensors only (never pickle), in eval mode, weights in `dtype`.
+
+    `dropout` overrides the model's own dropout probabilities (regularisation during training).
+    """
     from transformers import AutoModelForCausalLM
 
     resolved = resolve_model(name)
@@ -34,7 +57,7 @@ def load_causal_lm(name: str, trust_remote_code: bool = False, dtype: torch.dtyp
                            where="model.name", fix="use a decoder model such as smollm2-135m-instruct")
     model = AutoModelForCausalLM.from_pretrained(
         resolved.path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-        attn_implementation="sdpa",
+        attn_implementation="sdpa", **dropout_overrides(resolved.path, dropout, trust_remote_code),
     )
     model.eval()
     return model
@@ -48,9 +71,10 @@ def is_run_dir(path) -> bool:
 
 
 def load_run_model(run_dir, dtype: torch.dtype = torch.float32, merge: bool = True):
-    """The fine-tuned model of a run folder: full weights (`model/`) or base + LoRA adapter (`adapter/`).
+    """The fine-tuned model of a run folder: full weights (`model/`) or base + PEFT adapter (`adapter/`).
 
-    With merge=True the adapter is folded into the base weights (faster generation, same outputs).
+    With merge=True a LoRA/IA3 adapter is folded into the base weights (faster generation, same outputs);
+    prompt-learning adapters always stay a PEFT model.
     Returns (model, tokenizer).
     """
     from pathlib import Path
@@ -65,12 +89,26 @@ def load_run_model(run_dir, dtype: torch.dtype = torch.float32, merge: bool = Tr
                            fix="pass a folder created by `tunelab train` or `tunelab run`")
     recipe = load_recipe(run / "config.yaml")
     tok = AutoTokenizer.from_pretrained(run / "tokenizer")
-    if (run / "model").is_dir():
-        return load_causal_lm(str(run / "model"), recipe.model.trust_remote_code, dtype), tok
+    weights = _full_weights_dir(run)
+    if weights is not None:
+        return load_causal_lm(str(weights), recipe.model.trust_remote_code, dtype), tok
     from peft import PeftModel
 
     base = load_causal_lm(recipe.model.name, recipe.model.trust_remote_code, dtype)
     model = PeftModel.from_pretrained(base, run / "adapter")
-    model = model.merge_and_unload() if merge else model
+    # Prefix/prompt/P-tuning add virtual tokens, not weights: there is nothing to merge, the PEFT model runs.
+    if merge and not model.active_peft_config.is_prompt_learning:
+        model = model.merge_and_unload()
     model.eval()
     return model, tok
+
+
+def _full_weights_dir(run):
+    """`model/`, or `adapter/` when it holds a whole model rather than a PEFT adapter (freeze tuning saved
+    by a recipe that chose the folder by `method.name == 'full'`); None for an adapter."""
+    if (run / "model").is_dir():
+        return run / "model"
+    adapter = run / "adapter"
+    if (adapter / "config.json").is_file() and not (adapter / "adapter_config.json").is_file():
+        return adapter
+    return None

@@ -19,7 +19,37 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def supervised_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def _is_prompt_learning(model: torch.nn.Module) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _hidden_through_peft(model: torch.nn.Module, inner: torch.nn.Module, inputs: dict[str, torch.Tensor]
+                         ) -> torch.Tensor:
+    """Final hidden states of the real tokens for prefix/prompt/P-tuning, whose virtual tokens only the PEFT
+    forward adds (as a KV prefix or as prepended embeddings). A hook on the decoder takes its output, so
+    the head still runs only at labelled positions (logits_to_keep=1 makes the PEFT call's own head cheap)."""
+    from tunelab.errors import TunelabError
+
+    if "position_ids" in inputs:
+        raise TunelabError("prompt-learning methods cannot train on packed rows", where="train.batching",
+                           fix="use train.batching=length_grouped")
+    captured: list[torch.Tensor] = []
+
+    def keep(_module, _args, output) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    handle = inner.get_decoder().register_forward_hook(keep)
+    try:
+        model(**inputs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    # (B, V + T, H) with V prompt/P-tuning virtual tokens in front; a prefix lives in the KV cache (V = 0).
+    return captured[-1][:, -inputs["input_ids"].shape[1]:]
+
+
+def supervised_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+                   ) -> tuple[torch.Tensor, int]:
     """Summed next-token negative log-likelihood over labelled positions, and their count.
 
     Args:
@@ -29,14 +59,17 @@ def supervised_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     """
     inner = _unwrap(model)
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    hidden = inner.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+    if _is_prompt_learning(model):
+        hidden = _hidden_through_peft(model, inner, inputs)  # (B, T, H)
+    else:
+        hidden = inner.get_decoder()(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
     targets = batch["labels"][:, 1:]  # (B, T-1): token t predicts t+1
     keep = targets != -100
     n = int(keep.sum())
     if n == 0:
         return hidden.sum() * 0.0, 0
     logits = inner.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V), only supervised positions
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum", label_smoothing=label_smoothing)
     return loss, n
 
 

@@ -11,13 +11,11 @@ __all__ = ["build_optimizer", "build_scheduler"]
 
 
 def _param_groups(model: torch.nn.Module, spec: TrainSpec) -> list[dict]:
-    """Trainable parameters; no weight decay on biases and norm weights (1-D tensors)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    """Trainable parameters; no weight decay on 1-D tensors; per-method learning rates (LoRA+)."""
+    from tunelab.methods import optimizer_param_groups
+
+    # apply_method records its spec on the model, so the groups follow the method without another argument.
+    return optimizer_param_groups(model, getattr(model, "tunelab_method", None), spec.lr, spec.weight_decay)
 
 
 def build_optimizer(model: torch.nn.Module, spec: TrainSpec, groups: list[dict] | None = None
