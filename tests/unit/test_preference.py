@@ -12,8 +12,6 @@ from tunelab.data.preference import (
     PairExample,
     encode_pair,
     encode_unpaired,
-    pair_findings,
-    pair_stats,
     parse_label,
     read_pairs,
     read_preference,
@@ -21,6 +19,7 @@ from tunelab.data.preference import (
     render_pair,
     split_preference,
 )
+from tunelab.data.preference_report import pair_findings, pair_stats
 from tunelab.errors import TunelabError
 
 
@@ -185,8 +184,9 @@ def test_encode_and_render_pair(tokenizer):
     pair = PairExample([{"role": "user", "content": "Colour of the sky?"}], "blue", "a long wrong answer", "f:1")
     enc = encode_pair(pair, tokenizer, max_length=512)
     text = render_pair(pair, tokenizer)
-    assert tokenizer.decode(enc["prompt_ids"] + enc["chosen_ids"]) == text["prompt"] + text["chosen"]
+    assert tokenizer.decode(enc["prompt_ids"] + enc["chosen_ids"]) == text["prompt"] + text["chosen"].rstrip()
     assert text["chosen"].startswith("blue") and text["chosen"].rstrip().endswith("<|im_end|>")
+    assert enc["chosen_ids"][-1] == tokenizer.eos_token_id  # the template's newline after it is not trained
     assert enc["n_tokens"] == 2 * len(enc["prompt_ids"]) + len(enc["chosen_ids"]) + len(enc["rejected_ids"])
     limit = len(enc["prompt_ids"]) + 2
     dropped = encode_pair(pair, tokenizer, max_length=limit)
