@@ -17,19 +17,69 @@ from tunelab.util.console import console
 __all__ = ["build_report", "evaluate", "run", "train"]
 
 
-def train(recipe: Recipe, recipe_name: str = "run") -> Path:
-    """Fine-tune as the recipe says; returns the run folder (adapter or weights, tokenizer, config, ...)."""
-    from tunelab.recipes.sft import SFTRecipe
+def _resume_dir(recipe: Recipe, recipe_name: str, resume: str | bool) -> Path | None:
+    """The run folder to continue: an explicit path, output.name, or the newest `<recipe>-*` with checkpoints."""
+    from tunelab.errors import TunelabError
 
-    run_dir = create_run_dir(recipe.output, recipe_name)
-    console.print(f"run folder: [bold]{run_dir}[/]")
-    t0 = time.perf_counter()
-    sft = SFTRecipe(recipe, run_dir)
-    sft.setup()
-    t_setup = time.perf_counter() - t0
-    summary = sft.train()
-    sft.save(summary, {"setup_s": round(t_setup, 2), "train_s": summary["train_time_s"]})
-    sft.cleanup()
+    if isinstance(resume, str):
+        run_dir = Path(resume)
+        if not (run_dir / "checkpoints").is_dir():
+            raise TunelabError(f"'{run_dir}' has no checkpoints/ to resume from", where="--resume",
+                               fix="pass a run folder written with train.save_every, or interrupted by Ctrl-C")
+        return run_dir
+    out = Path(recipe.output.dir)
+    if recipe.output.name:
+        named = out / recipe.output.name
+        return named if (named / "checkpoints").is_dir() else None
+    candidates = sorted((p for p in out.glob(f"{recipe_name}-*") if (p / "checkpoints").is_dir()),
+                        key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+def _prepare_run_dir(recipe: Recipe, recipe_name: str, resume: str | bool, dist) -> tuple[Path, bool]:
+    from tunelab.errors import TunelabError
+
+    wants = bool(resume) or recipe.train.resume == "auto"
+    found = _resume_dir(recipe, recipe_name, resume) if wants else None
+    if found is None and resume:
+        raise TunelabError(f"nothing to resume: no run folder of '{recipe_name}' in {recipe.output.dir} has checkpoints",
+                           where="--resume", fix="start the run without --resume, or pass the run folder")
+    if found is not None:
+        return found, True
+    if dist.is_main:
+        run_dir = create_run_dir(recipe.output, recipe_name)
+    dist.barrier()
+    if not dist.is_main:  # the launcher fixed output.name, so every rank names the same folder
+        run_dir = Path(recipe.output.dir) / recipe.output.name
+    return run_dir, False
+
+
+def train(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) -> Path:
+    """Fine-tune as the recipe says; returns the run folder (adapter or weights, tokenizer, config, ...).
+
+    `resume`: True continues the newest resumable run of this recipe (or output.name), a path continues that
+    run folder; `train.resume: auto` does the former when a checkpoint exists and starts fresh otherwise.
+    Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel run.
+    """
+    from tunelab.models import resolve_device
+    from tunelab.recipes.objectives import recipe_class
+    from tunelab.training.distributed import init_distributed
+
+    recipe_cls = recipe_class(recipe)  # train.objective vs the model, checked before a run folder exists
+    dist = init_distributed(resolve_device(recipe.model.device))
+    try:
+        run_dir, resuming = _prepare_run_dir(recipe, recipe_name, resume, dist)
+        console.print(f"run folder: [bold]{run_dir}[/]{' (resuming)' if resuming else ''}")
+        t0 = time.perf_counter()
+        sft = recipe_cls(recipe, run_dir, dist=dist, resume=resuming)
+        sft.setup()
+        t_setup = time.perf_counter() - t0
+        summary = sft.train()
+        sft.save(summary, {"setup_s": round(t_setup, 2), "train_s": summary["train_time_s"]})
+        sft.cleanup()
+        dist.barrier()
+    finally:
+        dist.shutdown()
     console.print(
         f"trained {summary['steps']} steps in {summary['train_time_s']:.0f} s · "
         f"{summary['real_tokens_per_s']:,.0f} real tok/s · best validation loss {summary['best_val_loss']}"
@@ -100,9 +150,9 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     return write_report(run, data)
 
 
-def run(recipe: Recipe, recipe_name: str = "run") -> Path:
+def run(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) -> Path:
     """Everything the recipe names, in order: train → evaluate (base vs tuned) → report."""
-    run_dir = train(recipe, recipe_name)
+    run_dir = train(recipe, recipe_name, resume=resume)
     if recipe.eval.enabled:
         evaluate(run_dir)
     html, _ = build_report(run_dir)

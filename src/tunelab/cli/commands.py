@@ -80,7 +80,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     recipe, name = _recipe(args)
     if args.worker:  # started by --workers: run trials until the shared study's budget is spent
-        optimize(recipe, name)
+        optimize(recipe, name, n_trials=args.worker_trials)
         return 0
     folder = run_sweep(recipe, name, args.recipe, args.overrides, workers=args.workers)
     console.print(f"study: [bold]{folder}[/] (leaderboard.html, best.yaml, plots/)")

@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(sw)
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="trial processes sharing the study")
     sw.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers
+    sw.add_argument("--worker-trials", type=int, default=None, help=argparse.SUPPRESS)
     ev = _sub(subs, "eval", "evaluate a run folder (tuned vs base) on held-out data", c.cmd_eval)
     ev.add_argument("run_dir", help="run folder from `tunelab train`")
     chat = _sub(subs, "chat", "talk to a run folder's model or any model", c.cmd_chat)

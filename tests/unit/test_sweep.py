@@ -1,0 +1,141 @@
+"""Sweeps on the tiny model: grid enumeration, pruning, failures, resume, shared storage, outputs, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tunelab.config import load_recipe
+from tunelab.config.specs import SweepSpec
+from tunelab.errors import TunelabError
+from tunelab.sweep import run_sweep, validate_sweep
+from tunelab.sweep.space import grid_configs
+
+
+def _doc(tmp_path, chat_jsonl, tiny_model_dir, sweep: dict, **train) -> dict:
+    return {
+        "data": {"path": str(chat_jsonl), "split": {"validation": 0.2, "test": 0.1}},
+        "model": {"name": str(tiny_model_dir), "precision": "fp32", "threads": 1},
+        "train": {"max_steps": 6, "batch_size": 4, "eval_every": 2, "log_every": 2, **train},
+        "eval": {"enabled": False},
+        "output": {"dir": str(tmp_path / "runs")},
+        "sweep": sweep,
+    }
+
+
+def _write(tmp_path, doc) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return str(path)
+
+
+def _leaderboard(folder):
+    with open(folder / "leaderboard.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_enumerates_exactly_the_space_with_conditions():
+    sweep = SweepSpec.model_validate({"strategy": "grid", "space": {
+        "method.name": {"type": "categorical", "choices": ["lora", "full"]},
+        "method.lora.r": {"type": "int", "low": 4, "high": 8, "step": 4, "when": "method.name == 'lora'"},
+        "train.lr": {"type": "log_float", "low": 1e-4, "high": 1e-2, "step": 9.0},
+    }})
+    configs = grid_configs(sweep, {"method": {"name": "lora"}})
+    # lora: 2 ranks x 3 lrs; full: 3 lrs (the rank does not exist for full)
+    assert len(configs) == 9
+    assert sorted({c["train.lr"] for c in configs}) == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert all("method.lora.r" not in c for c in configs if c["method.name"] == "full")
+
+
+def test_grid_sweep_runs_every_config_once_and_writes_outputs(tmp_path, chat_jsonl, tiny_model_dir):
+    doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
+        "strategy": "grid", "pruner": "none", "trials": None,
+        "space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2]},
+                  "method.lora.r": {"type": "categorical", "choices": [4, 8]}}})
+    recipe = load_recipe(_write(tmp_path, doc))
+    folder = run_sweep(recipe, "g")
+    rows = _leaderboard(folder)
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"complete"}
+    assert {(r["param:train.lr"], r["param:method.lora.r"]) for r in rows} == {
+        ("0.001", "4"), ("0.001", "8"), ("0.01", "4"), ("0.01", "8")}
+    values = [float(r["value"]) for r in rows]
+    assert values == sorted(values)  # best (lowest val_loss) first
+    for r in rows:  # every trial is a normal run folder
+        assert (folder / "trials" / f"trial-{int(r['trial']):04d}" / "adapter").is_dir()
+    best = load_recipe(folder / "best.yaml")
+    assert best.sweep is None and best.train.lr == float(rows[0]["param:train.lr"])
+    assert (folder / "plots" / "optimization_history.png").is_file()
+    html = (folder / "leaderboard.html").read_text()
+    assert "<table>" in html and "data:image/png;base64" in html
+    # Re-running the finished study starts no new trial.
+    run_sweep(recipe, "g")
+    assert len(_leaderboard(folder)) == 4
+
+
+def test_pruning_stops_bad_trials_and_failures_do_not_stop_the_study(tmp_path, chat_jsonl, tiny_model_dir):
+    # adamw_8bit fails on CPU (the trial is recorded with its error); tiny learning rates are pruned by the median.
+    doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
+        "strategy": "grid", "pruner": "median", "trials": None, "min_resource": 1,
+        "space": {"train.lr": {"type": "categorical", "choices": [3e-2, 2e-2, 1e-2, 1e-7, 2e-7]},
+                  "train.optimizer": {"type": "categorical", "choices": ["adamw", "adamw_8bit"],
+                                      "when": "train.lr == 0.03"}}},
+        max_steps=10, eval_every=2)
+    folder = run_sweep(load_recipe(_write(tmp_path, doc)), "p")
+    rows = _leaderboard(folder)
+    failed = [r for r in rows if r["state"] == "fail"]
+    assert len(rows) == 6 and len(failed) == 1
+    assert failed[0]["param:train.optimizer"] == "adamw_8bit" and "CUDA" in failed[0]["error"]
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    assert pruned and all(float(r["param:train.lr"]) < 1e-6 for r in pruned)
+    assert all(int(r["evaluations"]) < 5 for r in pruned)
+    summary = json.loads((folder / "sweep.json").read_text())
+    assert summary["states"]["complete"] >= 3
+
+
+def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, chat_jsonl, tiny_model_dir):
+    doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
+        "strategy": "tpe", "pruner": "none", "trials": 2,
+        "space": {"train.lr": {"type": "log_float", "low": 1e-4, "high": 1e-2}}}, max_steps=2, eval_every=2)
+    path = _write(tmp_path, doc)
+    folder = run_sweep(load_recipe(path), "sweep")
+    first = {r["trial"]: r["param:train.lr"] for r in _leaderboard(folder)}
+    assert len(first) == 2
+    # Raise the budget to 4 and continue with 2 processes on the same SQLite study.
+    out = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "sweep", path, "sweep.trials=4", "--workers", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = _leaderboard(folder)
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"complete"}
+    assert len({r["trial"] for r in rows}) == 4
+    for trial, lr in first.items():  # the finished trials were kept, not repeated
+        assert {r["trial"]: r["param:train.lr"] for r in rows}[trial] == lr
+
+
+@pytest.mark.parametrize(("sweep", "match"), [
+    ({"space": {"train.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "did you mean 'lr'"),
+    ({"space": {"method.name": {"type": "categorical", "choices": ["lora", "magic"]}}}, "method.name"),
+    ({"space": {"train.lr": {"type": "float", "low": 0.1, "high": 0.2}}, "metric": "bleu"}, "not produced"),
+    ({"space": {"train.lr": {"type": "float", "low": 0.1, "high": 0.2}}, "strategy": "grid"}, "needs a step"),
+])
+def test_bad_sweeps_fail_before_any_trial(tmp_path, chat_jsonl, tiny_model_dir, sweep, match):
+    recipe = load_recipe(_write(tmp_path, _doc(tmp_path, chat_jsonl, tiny_model_dir, sweep)))
+    with pytest.raises(TunelabError, match=match):
+        run_sweep(recipe, "bad")
+    assert not (tmp_path / "runs" / "sweeps" / "bad" / "trials").exists()
+
+
+def test_inverted_range_and_bad_storage_are_clear_errors(tmp_path, chat_jsonl, tiny_model_dir):
+    doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {"space": {"train.lr": {"type": "float", "low": 1, "high": 0}}})
+    with pytest.raises(TunelabError, match="inverted range"):
+        load_recipe(_write(tmp_path, doc))
+    doc["sweep"] = {"space": {"train.lr": {"type": "float", "low": 0.1, "high": 0.2}},
+                    "storage": "postgresql://nobody@127.0.0.1:1/none"}
+    recipe = load_recipe(_write(tmp_path, doc))
+    validate_sweep(recipe)
+    with pytest.raises(TunelabError, match="cannot open the study storage"):
+        run_sweep(recipe, "st")
