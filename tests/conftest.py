@@ -22,6 +22,8 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path_factory):
     # Keep the tokenized-data cache per test session; the model cache stays shared (it is expensive).
     os.environ.setdefault("TUNELAB_DATA_CACHE", str(tmp_path_factory.mktemp("data-cache")))
+    # MLflow's first database setup costs seconds per runs folder; tests of tracking turn it back on.
+    os.environ.setdefault("TUNELAB_TRACKING", "none")
 
 
 @pytest.fixture(scope="session")

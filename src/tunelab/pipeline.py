@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ def _prepare_run_dir(recipe: Recipe, recipe_name: str, resume: str | bool, dist)
     return run_dir, False
 
 
-def train(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) -> Path:
+def train(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False,
+          tags: dict[str, str] | None = None) -> Path:
     """Fine-tune as the recipe says; returns the run folder (adapter or weights, tokenizer, config, ...).
 
     `resume`: True continues the newest resumable run of this recipe (or output.name), a path continues that
@@ -63,6 +65,7 @@ def train(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) 
     """
     from tunelab.models import resolve_device
     from tunelab.recipes.objectives import recipe_class
+    from tunelab.tracking import track_run
     from tunelab.training.distributed import init_distributed
 
     recipe_cls = recipe_class(recipe)  # train.objective vs the model, checked before a run folder exists
@@ -71,12 +74,13 @@ def train(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) 
         run_dir, resuming = _prepare_run_dir(recipe, recipe_name, resume, dist)
         console.print(f"run folder: [bold]{run_dir}[/]{' (resuming)' if resuming else ''}")
         t0 = time.perf_counter()
-        sft = recipe_cls(recipe, run_dir, dist=dist, resume=resuming)
-        sft.setup()
-        t_setup = time.perf_counter() - t0
-        summary = sft.train()
-        sft.save(summary, {"setup_s": round(t_setup, 2), "train_s": summary["train_time_s"]})
-        sft.cleanup()
+        with track_run(recipe, run_dir, recipe_name, tags) if dist.is_main else nullcontext():
+            sft = recipe_cls(recipe, run_dir, dist=dist, resume=resuming)
+            sft.setup()
+            t_setup = time.perf_counter() - t0
+            summary = sft.train()
+            sft.save(summary, {"setup_s": round(t_setup, 2), "train_s": summary["train_time_s"]})
+            sft.cleanup()
         dist.barrier()
     finally:
         dist.shutdown()
@@ -152,9 +156,12 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
 
 def run(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) -> Path:
     """Everything the recipe names, in order: train → evaluate (base vs tuned) → report."""
+    from tunelab.tracking import log_evaluation
+
     run_dir = train(recipe, recipe_name, resume=resume)
     if recipe.eval.enabled:
         evaluate(run_dir)
     html, _ = build_report(run_dir)
+    log_evaluation(run_dir)
     console.print(f"report: [bold]{html}[/]")
     return run_dir

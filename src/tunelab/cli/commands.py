@@ -10,7 +10,7 @@ from rich.table import Table
 from tunelab.config.loading import dump_recipe, load_recipe
 from tunelab.util.console import console
 
-__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_merge", "cmd_models", "cmd_run", "cmd_sweep", "cmd_train",
+__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_merge", "cmd_models", "cmd_run", "cmd_runs", "cmd_sweep", "cmd_track", "cmd_train",
            "cmd_validate"]
 
 
@@ -47,6 +47,7 @@ def _is_main_rank() -> bool:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tunelab import pipeline
+    from tunelab.tracking import log_evaluation
 
     recipe, name = _recipe(args)
     if getattr(args, "nproc", 1) > 1 and not _is_distributed_child():
@@ -57,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if recipe.eval.enabled:
             pipeline.evaluate(run_dir)
         html, _ = pipeline.build_report(run_dir)
+        log_evaluation(run_dir)
         console.print(f"report: [bold]{html}[/]")
         return 0
     pipeline.run(recipe, name, resume=args.resume or False)
@@ -87,6 +89,64 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import json
+
+    from tunelab.errors import TunelabError
+    from tunelab.runs import compare_runs, find_runs, run_record
+
+    if args.action == "list":
+        records = find_runs(args.dir)
+        table = Table(title=f"{len(records)} runs in {args.dir}")
+        for col in ("run", "status", "objective", "method", "steps", "time s", "tok/s", "best val loss", "eval"):
+            table.add_column(col)
+        for r in records:
+            ev = f"{r['eval_metric']} {_fmt(r['eval_base'])} → {_fmt(r['eval_tuned'])}" if r["eval_metric"] else "-"
+            table.add_row(str(Path(r["path"]).relative_to(args.dir)), r["status"], r["objective"], str(r["method"]),
+                          _fmt(r["steps"]), _fmt(r["train_time_s"]), _fmt(r["tokens_per_s"]),
+                          _fmt(r["best_val_loss"]), ev)
+        console.print(table)
+        return 0
+    if args.action == "show":
+        if len(args.paths) != 1:
+            raise TunelabError("runs show takes one run folder", fix="tunelab runs show runs/NAME")
+        r = run_record(Path(args.paths[0]))
+        console.print_json(json.dumps({k: v for k, v in r.items() if k != "config"}, default=str))
+        return 0
+    records, differ = compare_runs(args.paths)
+    table = Table(title="runs compared")
+    table.add_column("")
+    for r in records:
+        table.add_column(r["name"])
+    for key in ("status", "steps", "train_time_s", "tokens_per_s", "best_val_loss", "eval_metric", "eval_base",
+                "eval_tuned", "trainable_params", "data_fingerprint"):
+        table.add_row(key, *(_fmt(r[key]) for r in records))
+    for key, values in differ.items():
+        table.add_row(f"[bold]{key}[/]", *(_fmt(v) for v in values))
+    console.print(table)
+    return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    import subprocess
+    import sys
+
+    from tunelab.tracking import default_mlflow_uri
+
+    uri = args.uri or default_mlflow_uri(args.dir)
+    console.print(f"MLflow UI on http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)")
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+                            "--port", str(args.port)])
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     recipe, _ = _recipe(args)
     print(dump_recipe(recipe), end="")
@@ -111,8 +171,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not is_run_dir(args.run_dir):
         raise TunelabError(f"'{args.run_dir}' is not a finished tunelab run folder",
                            fix="pass a folder created by `tunelab train` or `tunelab run`")
+    from tunelab.tracking import log_evaluation
+
     pipeline.evaluate(args.run_dir)
     html, _ = pipeline.build_report(args.run_dir)
+    log_evaluation(args.run_dir)
     console.print(f"report: [bold]{html}[/]")
     return 0
 

@@ -69,6 +69,15 @@ EXAMPLES = {
           tunelab sweep examples/emotion_sweep.yaml --workers 2          (two processes share the SQLite study)
           tunelab sweep examples/emotion_sweep.yaml sweep.trials=40       (re-running continues the study)
         Writes runs/sweeps/<study>/: trials/ (normal run folders), leaderboard.csv/.html, best.yaml, plots/.""",
+    "runs": """
+        examples:
+          tunelab runs list                       (every run folder under runs/, sweep trials included)
+          tunelab runs show runs/quickstart
+          tunelab runs compare runs/a runs/b      (config keys that differ, metrics side by side)""",
+    "track": """
+        examples:
+          tunelab track ui                        (MLflow UI on http://127.0.0.1:5000 over runs/mlflow.db)
+          tunelab track ui --dir runs --port 5001""",
     "validate": """
         examples:
           tunelab validate examples/quickstart.yaml
@@ -122,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="trial processes sharing the study")
     sw.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers
     sw.add_argument("--worker-trials", type=int, default=None, help=argparse.SUPPRESS)
+    runs = _sub(subs, "runs", "list, show and compare run folders (works without MLflow)", c.cmd_runs)
+    runs.add_argument("action", choices=["list", "show", "compare"])
+    runs.add_argument("paths", nargs="*", metavar="RUN_DIR", help="run folders (show: one, compare: two or more)")
+    runs.add_argument("--dir", default="runs", help="folder of run folders (list; default: runs)")
+    track = _sub(subs, "track", "open the experiment tracker's UI (MLflow)", c.cmd_track)
+    track.add_argument("action", choices=["ui"])
+    track.add_argument("--dir", default="runs", help="output.dir holding mlflow.db (default: runs)")
+    track.add_argument("--uri", default=None, help="tracking URI (default: SQLite in --dir)")
+    track.add_argument("--port", type=int, default=5000)
+    track.add_argument("--host", default="127.0.0.1")
     ev = _sub(subs, "eval", "evaluate a run folder (tuned vs base) on held-out data", c.cmd_eval)
     ev.add_argument("run_dir", help="run folder from `tunelab train`")
     chat = _sub(subs, "chat", "talk to a run folder's model or any model", c.cmd_chat)

@@ -420,9 +420,23 @@ class FreezeSpec(_Spec):
 
 class PrefixSpec(_Spec):
     num_virtual_tokens: int = Field(20, ge=1, description="Prefix length: key/value pairs added to every layer.")
+    init: Literal["text", "random"] = Field(
+        "text", description="'text' starts each layer's prefix from the keys/values the model computes for "
+        "init_text (Li & Liang 2021: real activations; a random prefix disrupts a pretrained model, measured "
+        "validation loss 11.8 vs 2 on emotion); 'random' is PEFT's N(0, 1) init."
+    )
+    init_text: str = Field("You are a helpful assistant. Read the request and answer it accurately.",
+                           min_length=1, description="Text whose activations start the prefix (with init: text).")
     projection: bool = Field(False, description="Reparameterise the prefix through a 2-layer MLP (more stable, "
-                             "more parameters during training).")
+                             "more parameters during training; needs init: random).")
     encoder_hidden_size: int = Field(256, ge=1, description="Hidden size of that MLP (with projection).")
+
+    @model_validator(mode="after")
+    def _init_fits(self) -> PrefixSpec:
+        if self.projection and self.init == "text":
+            raise ValueError("init: text sets the prefix itself, which a projection MLP would re-map; "
+                             "use init: random with projection: true")
+        return self
 
 
 class PromptSpec(_Spec):
@@ -557,6 +571,14 @@ class OutputSpec(_Spec):
     dir: str = Field("runs", description="Folder that holds run folders.")
     name: str | None = Field(None, description="Run folder name (default: recipe name and a timestamp).")
     overwrite: bool = Field(False, description="Replace an existing run folder of the same name.")
+    tracking: list[Literal["mlflow", "tensorboard"]] = Field(
+        ["mlflow"], description="Experiment trackers fed live with params, metrics, system metrics, artefacts and data "
+        "fingerprints; [] for none (env TUNELAB_TRACKING=none also turns them off)."
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI (a server URL or a database); default: SQLite at <dir>/mlflow.db."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name (default: the recipe name).")
 
     @field_validator("name")
     @classmethod

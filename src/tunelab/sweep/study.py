@@ -127,6 +127,7 @@ class _Objective:
         self.base = recipe.model_dump(mode="json", exclude={"sweep"})
         self.sweep = recipe.sweep
         self.key = self.sweep.metric if self.sweep.metric in _LOSS_METRICS else f"val_{self.sweep.metric}"
+        self.sweep_name = folder.name
 
     def __call__(self, trial) -> float:
         import optuna
@@ -150,7 +151,8 @@ class _Objective:
 
         try:
             with listen_metrics(report):
-                run_dir = pipeline.train(run_recipe, name)
+                run_dir = pipeline.train(run_recipe, name, tags={"tunelab.sweep": self.sweep_name,
+                                                                  "tunelab.trial": str(trial.number)})
         except optuna.TrialPruned:
             self._record_tokens(trial)
             raise
