@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,18 @@ from tunelab.data.formats import resolve_format, to_examples
 from tunelab.data.readers import file_sha256, read_records
 from tunelab.data.records import Example, Reject, reason_key
 from tunelab.data.split import SPLITS, record_split, split_examples
-from tunelab.data.tokenize import encode_example
+from tunelab.data.tokenize import encode_classification, encode_example, pack_blocks
 from tunelab.errors import TunelabError
 from tunelab.util.io import atomic_write_text
 
-__all__ = ["PreparedData", "eval_file_texts", "prepare_data", "read_examples", "resolve_data_path", "write_rejects"]
+__all__ = ["OBJECTIVES", "PreparedData", "eval_file_texts", "make_encoder", "prepare_data", "read_examples",
+           "resolve_data_path", "write_rejects"]
 
 _ROLE_KEYS = {"train": "path", "validation": "validation_path", "test": "test_path"}
+OBJECTIVES = ("sft", "pretrain", "classify")  # how rows are encoded (train.objective)
+_NO_LIMIT = 1 << 62  # documents packed into blocks are cut by the blocks, never dropped for their length
+
+Encoder = Callable[[Example], "dict[str, Any] | Reject"]
 
 
 @dataclass
@@ -35,7 +42,8 @@ class PreparedData:
 
     Attributes:
         splits: ``train``/``validation``/``test`` examples that were kept, after limits.
-        encoded: the `encode_example` dicts, parallel to ``splits`` (same keys, same order, same length).
+        encoded: the `encode_example` dicts, parallel to ``splits`` (same keys, same order, same length); with
+            ``data.packing: blocks`` the blocks of joined documents instead (``splits`` holds the documents).
         rejects: every rejected row, from all files and stages, with its reason.
         summary: counts and token statistics (see `prepare_data`).
         fingerprint: content hash of inputs, spec and tokenizer (also the cache key).
@@ -155,15 +163,71 @@ def _assign(sources: dict[str, _Source], spec: DataSpec) -> tuple[dict[str, list
 # --------------------------------------------------------------------------------------------- encoding
 
 
+def _with_score(encode: Encoder, column: str) -> Encoder:
+    """Add the row's numeric ``score`` (train.curriculum=score); a row without one is a counted reject."""
+
+    def encode_scored(ex: Example) -> dict[str, Any] | Reject:
+        out = encode(ex)
+        if isinstance(out, Reject):
+            return out
+        value = ex.raw.get(column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return Reject(ex.where, f"missing score (column '{column}')", ex.raw)
+        try:
+            score = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            score = math.nan
+        if not math.isfinite(score):
+            return Reject(ex.where, f"score is not a number (column '{column}': {str(value)[:40]!r})", ex.raw)
+        out["score"] = score
+        return out
+
+    return encode_scored
+
+
+def make_encoder(spec: DataSpec, tokenizer: Any, objective: str = "sft") -> Encoder:
+    """Example -> encoded dict or Reject, as the objective needs (chat/text tokens, or classifier input)."""
+    if objective not in OBJECTIVES:
+        raise TunelabError(f"unknown objective '{objective}'", where="train.objective",
+                           fix=f"use one of: {', '.join(OBJECTIVES)}")
+    if objective == "classify":
+        def encode(ex: Example) -> dict[str, Any] | Reject:
+            return encode_classification(ex, tokenizer, spec.max_length, spec.overlength, spec.label_column)
+    else:
+        max_length = _NO_LIMIT if spec.packing == "blocks" else spec.max_length
+
+        def encode(ex: Example) -> dict[str, Any] | Reject:
+            return encode_example(ex, tokenizer, max_length, spec.overlength)
+    return _with_score(encode, spec.score_column) if spec.score_column else encode
+
+
+def _check_blocks(sources: dict[str, _Source], spec: DataSpec) -> None:
+    for role, source in sources.items():
+        if source.format != "text":
+            key = "data.path" if role == "train" else f"data.{_ROLE_KEYS[role]}"
+            raise TunelabError(f"data.packing=blocks joins plain-text documents, but {source.path} is "
+                               f"'{source.format}' data", where=f"data.packing, {key}",
+                               fix="use plain-text data (data.format=text / data.columns={text: COLUMN}), or "
+                               "data.packing=none for chat data")
+
+
+def _finish_split(encoded: list[dict[str, Any]], summary: dict[str, Any], spec: DataSpec) -> list[dict[str, Any]]:
+    """Blocks of joined documents when data.packing=blocks (their counts go into the split summary)."""
+    if spec.packing != "blocks":
+        return encoded
+    blocks, summary["packing"] = pack_blocks(encoded, spec.max_length)
+    return blocks
+
+
 def _encode_split(
-    examples: list[Example], tokenizer: Any, spec: DataSpec, limit: int | None
+    examples: list[Example], encode: Encoder, limit: int | None
 ) -> tuple[list[Example], list[dict[str, Any]], list[Reject], int]:
     """Encode in order until ``limit`` examples are kept; returns kept, encoded, rejects, rows not used."""
     kept, encoded, rejects = [], [], []
     for i, ex in enumerate(examples):
         if limit is not None and len(kept) >= limit:
             return kept, encoded, rejects, len(examples) - i
-        result = encode_example(ex, tokenizer, spec.max_length, spec.overlength)
+        result = encode(ex)
         if isinstance(result, Reject):
             rejects.append(result)
         else:
@@ -261,18 +325,20 @@ def _curate_splits(assigned: dict[str, list[Example]], rejects: dict[str, list[R
     return reports
 
 
-def _build(spec: DataSpec, tokenizer: Any, files: dict[str, Path], hashes: dict[str, str], key: str) -> PreparedData:
+def _build(spec: DataSpec, encode: Encoder, files: dict[str, Path], hashes: dict[str, str], key: str) -> PreparedData:
     sources = {role: _load_source(path, hashes[role], spec) for role, path in files.items()}
+    if spec.packing == "blocks":
+        _check_blocks(sources, spec)
     assigned, rejects_by_split = _assign(sources, spec)
     curation = _curate_splits(assigned, rejects_by_split, spec) if spec.curate.steps else []
     splits, encoded, rejects, summaries = {}, {}, [], {}
     for name in SPLITS:
         limit = spec.limit if name == "train" else spec.eval_limit
-        kept, enc, enc_rejects, unused = _encode_split(assigned[name], tokenizer, spec, limit)
+        kept, enc, enc_rejects, unused = _encode_split(assigned[name], encode, limit)
         split_rejects = rejects_by_split[name] + enc_rejects
-        splits[name], encoded[name] = kept, enc
         rejects.extend(split_rejects)
         summaries[name] = _split_summary(sources.get(name, sources["train"]), enc, split_rejects, unused)
+        splits[name], encoded[name] = kept, _finish_split(enc, summaries[name], spec)
     summary = _summary(sources, summaries, rejects, spec)
     if curation:
         summary["curation"] = curation
@@ -280,29 +346,39 @@ def _build(spec: DataSpec, tokenizer: Any, files: dict[str, Path], hashes: dict[
     return PreparedData(splits, encoded, rejects, summary, key)
 
 
-def prepare_data(spec: DataSpec, tokenizer: Any) -> PreparedData:
+def prepare_data(spec: DataSpec, tokenizer: Any, objective: str = "sft") -> PreparedData:
     """Read, convert, split and tokenize the data of a recipe (cached by content hash).
 
     Args:
-        spec: the recipe's data section; ``path`` may be ``demo:NAME`` (a builtin demo dataset).
+        spec: the recipe's data section; ``path`` may be ``demo:NAME`` (a builtin demo dataset);
+            ``mixture`` lists several sources instead (see `tunelab.data.mixture`).
         tokenizer: the model's fast tokenizer with its chat template.
+        objective: ``train.objective``; 'classify' encodes classifier inputs and labels instead of chat tokens.
 
     Returns:
         `PreparedData`. ``summary`` holds ``format`` (of the main file), ``files`` (per input: path, sha256, format, rows_read),
         ``splits`` (per split: source, sha256, format, rows_read, kept, rejected by reason, not_used_limit,
-        truncated, tokens, loss_tokens, mean_len, max_len (tokens)) and totals (rows_read, kept, rejected).
+        truncated, tokens, loss_tokens, mean_len, max_len (tokens); with blocks also ``packing``: blocks,
+        block_size, block_tokens, tail_tokens_dropped) and totals (rows_read, kept, rejected).
 
     Raises:
         TunelabError: unreadable input, undetectable format, bad settings, or no training example left.
     """
+    if spec.mixture:
+        from tunelab.data.mixture import prepare_mixture
+
+        return prepare_mixture(spec, tokenizer, objective)
+    encode = make_encoder(spec, tokenizer, objective)
     files = _input_files(spec)
     hashes = _hash_inputs(files)
     extra = {f"decontam:{p}": file_sha256(resolve_data_path(p)) for p in spec.curate.decontam.files}
+    if objective == "classify":  # same files and spec, different encoding
+        extra["objective"] = objective
     key = cache_key({**hashes, **extra}, spec, tokenizer)
     cached = load_cached(key)
     if cached is not None:
         return PreparedData.from_dict(cached, from_cache=True)
-    data = _build(spec, tokenizer, files, hashes, key)
+    data = _build(spec, encode, files, hashes, key)
     save_cached(key, data.to_dict())
     return data
 

@@ -17,7 +17,8 @@ from jinja2 import TemplateError
 from tunelab.data.records import Example, Reject
 from tunelab.errors import TunelabError
 
-__all__ = ["IGNORE_INDEX", "encode_example", "render_with_spans"]
+__all__ = ["IGNORE_INDEX", "classification_input", "encode_classification", "encode_example", "pack_blocks",
+           "render_with_spans"]
 
 IGNORE_INDEX = -100  # label of tokens without loss (the value torch's cross_entropy ignores by default)
 
@@ -128,3 +129,71 @@ def encode_example(
                   else "no tokens to learn from (no assistant turn)")
         return Reject(example.where, reason, example.raw)
     return {"input_ids": ids, "labels": labels, "n_tokens": len(ids), "n_loss": n_loss, "truncated": truncated}
+
+
+# ------------------------------------------------------------------------------------------ other objectives
+
+
+def classification_input(example: Example, label_column: str | None = None) -> tuple[str, str | None]:
+    """The text a classifier reads and the row's label (None when the row has none).
+
+    Chat rows: the non-system turns before the final answer, joined by newlines (the prompt template is
+    already applied); the label is the final assistant answer. Plain-text rows: the text; the label is the
+    raw ``label`` column. ``label_column`` names another raw column for either.
+    """
+    if example.text is not None:
+        text = example.text
+        label = example.raw.get(label_column or "label")
+    else:
+        text = "\n".join(m["content"] for m in example.prompt_messages if m["role"] != "system")
+        label = example.raw.get(label_column) if label_column else example.reference
+    if isinstance(label, bool) or not isinstance(label, (str, int, float)) or not str(label).strip():
+        return text, None
+    return text, " ".join(str(label).split())
+
+
+def encode_classification(
+    example: Example,
+    tokenizer: Any,
+    max_length: int = 512,
+    overlength: Literal["truncate", "drop"] = "drop",
+    label_column: str | None = None,
+) -> dict[str, Any] | Reject:
+    """Token ids (with the tokenizer's special tokens, e.g. [CLS] ... [SEP]) and the label name of one row.
+
+    Returns:
+        ``{"input_ids", "label", "n_tokens", "n_loss": 1, "truncated"}`` or a `Reject` (no label, too long).
+    """
+    text, label = classification_input(example, label_column)
+    if label is None:
+        source = f"column '{label_column}'" if label_column else (
+            "column 'label'" if example.text is not None else "final assistant answer")
+        return Reject(example.where, f"missing label ({source})", example.raw)
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    truncated = len(ids) > max_length
+    if truncated:
+        if overlength == "drop":
+            return Reject(example.where, f"longer than max_length ({len(ids)} tokens > {max_length})", example.raw)
+        # Re-encoding with truncation keeps the closing special token ([SEP]) that slicing would cut.
+        ids = list(tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"])
+    return {"input_ids": ids, "label": label, "n_tokens": len(ids), "n_loss": 1, "truncated": truncated}
+
+
+def pack_blocks(rows: list[dict[str, Any]], block_size: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Join encoded documents and cut them into blocks of ``block_size`` tokens (continued pretraining).
+
+    Documents already end with EOS (`encode_example` appends it to plain text), so blocks hold EOS between
+    documents and a document may continue into the next block. Every token is a label. The last partial
+    block is dropped (counted), unless it is the only block: then nothing is lost on a small split.
+
+    Returns:
+        (blocks as ``encode_example`` dicts, stats ``{"blocks", "block_size", "block_tokens", "tail_tokens_dropped"}``).
+    """
+    ids = [t for row in rows for t in row["input_ids"]]
+    n_full = len(ids) // block_size
+    cuts = [(i * block_size, (i + 1) * block_size) for i in range(n_full)] or ([(0, len(ids))] if ids else [])
+    blocks = [{"input_ids": ids[a:b], "labels": ids[a:b], "n_tokens": b - a, "n_loss": b - a, "truncated": False}
+              for a, b in cuts]
+    used = sum(b["n_tokens"] for b in blocks)
+    return blocks, {"blocks": len(blocks), "block_size": block_size, "block_tokens": used,
+                    "tail_tokens_dropped": len(ids) - used}

@@ -69,6 +69,10 @@ def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=Non
 
     run = Path(run_dir)
     recipe = recipe or load_recipe(run / "config.yaml")
+    if recipe.train.objective == "classify":  # a head, not generation: accuracy and macro-F1 of its predictions
+        from tunelab.recipes.classify_eval import evaluate_classifier
+
+        return evaluate_classifier(run, recipe, prepared)
     device = resolve_device(recipe.model.device)
     precision = resolve_precision(recipe.model.precision, device)
     # Decode is memory-bound: bf16 weights halve the bytes read per token (autocast would recast each step).
@@ -82,8 +86,8 @@ def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=Non
     if not examples:
         console.print("[yellow]no held-out rows to evaluate (test and validation splits are empty)[/]")
     refs = [ex.reference for ex in examples]
-    if any(not ex.prompt_messages for ex in examples):
-        task = "perplexity"
+    if recipe.train.objective == "pretrain" or any(not ex.prompt_messages for ex in examples):
+        task = "perplexity"  # nothing to generate from: held-out text (blocks for pretrain) is scored as is
     else:
         task = recipe.eval.task if recipe.eval.task != "auto" else infer_task(refs)
     base_metrics, base_preds = None, None

@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["collate", "plan_batches"]
+from tunelab.errors import TunelabError
+
+__all__ = ["collate", "curriculum_order", "plan_batches"]
 
 
-def plan_batches(lengths: list[int], batch_size: int, mode: str, seed: int, epoch: int) -> list[list[int]]:
+def curriculum_order(difficulty: Sequence[float | None], seed: int, key: str = "data.score_column") -> list[int]:
+    """Row indices from easy to hard (ascending difficulty); ties in a seeded random order."""
+    missing = sum(d is None for d in difficulty)
+    if missing:
+        raise TunelabError(f"{missing} training rows have no curriculum score", where=key,
+                           fix="set data.score_column to a numeric column present in every row")
+    order = list(range(len(difficulty)))
+    random.Random(f"{seed}:curriculum").shuffle(order)
+    return sorted(order, key=lambda i: difficulty[i])  # stable: equal difficulty keeps the shuffled order
+
+
+def plan_batches(lengths: list[int], batch_size: int, mode: str, seed: int, epoch: int,
+                 curriculum: str = "none", scores: Sequence[float | None] | None = None) -> list[list[int]]:
     """Index lists, one per micro-batch, for one epoch (deterministic in seed and epoch).
 
     'length_grouped' shuffles, sorts within windows of 64 batches by length and shuffles the batches, so
     each batch holds similar lengths but the order stays random (the HF `group_by_length` idea).
+
+    A curriculum ('length': fewest tokens first; 'score': lowest ``scores`` first) orders the first epoch
+    easy to hard in consecutive batches. Later epochs are shuffled as without one: by then every row has been
+    seen, and a fixed order each epoch would bring back the order effects that shuffling removes.
     """
+    if curriculum != "none" and epoch == 0:
+        difficulty = lengths if curriculum == "length" else (scores if scores is not None else [None] * len(lengths))
+        order = curriculum_order(difficulty, seed)
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rng = random.Random(f"{seed}:{epoch}")
     order = list(range(len(lengths)))
     rng.shuffle(order)
