@@ -169,3 +169,78 @@ def test_html_is_self_contained_and_escaped(report):
     assert "abc123" in page and "planted.jsonl" in page
     assert page.count("data:image/png;base64,") >= 3  # lengths, tokens, turns, languages
     assert 'class="finding high"' in page
+
+
+# ------------------------------------------------------------------------------- near-same prompts
+
+
+_NEAR = [
+    ("Explain how photosynthesis works in green plants.", "Plants turn light, water and CO2 into sugar."),
+    ("Explain how photosynthesis works in green plant?", "It happens in the mitochondria at night."),  # typo, clash
+    ("Please list the three primary colours used when mixing paint.", "Red, yellow and blue."),
+    ("Please list the three primary colours used when mixing paints!", "red, yellow and BLUE"),  # same answer
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci."),
+    ("Who painted the Last Supper?", "Leonardo da Vinci."),
+]
+
+
+def test_near_same_prompts_with_different_answers_are_a_finding():
+    from tunelab.data.dedup import jaccard
+
+    # Preconditions: both pairs are near-same as character strings, the Leonardo pair is not.
+    def key(t: str) -> str:
+        from tunelab.data.dedup import normalize_for_hash
+
+        return normalize_for_hash(t).replace(" ", "")
+
+    assert jaccard(key(_NEAR[0][0]), key(_NEAR[1][0])) > 0.9 and jaccard(key(_NEAR[2][0]), key(_NEAR[3][0])) > 0.9
+    assert jaccard(key(_NEAR[4][0]), key(_NEAR[5][0])) < 0.5
+    r = audit_examples([_chat(i + 1, u, a) for i, (u, a) in enumerate(_NEAR)], [], progress=False)
+    inc = r["inconsistent"]
+    assert inc["prompts"] == 0  # no prompt is repeated word for word
+    near = inc["near"]
+    assert (near["groups"], near["rows"]) == (1, 2)  # the colours pair has one answer, differently written
+    [group] = near["examples"]
+    assert [e["where"] for e in group] == ["f:1", "f:2"]
+    assert [e["answer"] for e in group] == [_NEAR[0][1], _NEAR[1][1]]
+    assert group[0]["similarity"] == 1.0 and 0.9 < group[1]["similarity"] < 1.0
+    [finding] = [f for f in r["findings"] if f["title"] == "Inconsistent answers"]
+    assert finding["severity"] == "medium" and "1 groups of near-same prompts have different answers (2 rows)" in \
+        finding["detail"]
+    page = render_audit_html(r)
+    assert "near-same prompts" in page and "It happens in the mitochondria at night." in page
+
+
+def test_identical_answers_to_near_same_prompts_are_not_flagged():
+    rows = [_chat(1, *_NEAR[2]), _chat(2, *_NEAR[3]), _chat(3, _NEAR[0][0], "Light to sugar."),
+            _chat(4, _NEAR[1][0], "light to SUGAR!")]
+    r = audit_examples(rows, [], progress=False)
+    assert r["inconsistent"]["near"]["groups"] == 0
+    assert "Inconsistent answers" not in {f["title"] for f in r["findings"]}
+
+
+def test_a_shared_prompt_template_does_not_make_prompts_near_same():
+    from tunelab.data.dedup import jaccard, normalize_for_hash
+
+    template = ("You are a careful annotator. Read the following customer review of a kitchen appliance and decide "
+                "whether the customer is satisfied with the product, its price and the delivery. Ignore spelling "
+                "mistakes and the length of the review. Answer with exactly one word, positive or negative. "
+                "Review: {}")
+    reviews = [f"{a} {b} {c}" for a, b, c in zip(_WORDS_A, _WORDS_B, _WORDS_C, strict=True)]
+    rows = [_chat(i, template.format(t), "positive" if i % 2 else "negative") for i, t in enumerate(reviews)]
+    full = [normalize_for_hash(template.format(t)).replace(" ", "") for t in reviews[:2]]
+    assert jaccard(*full) > 0.85  # the template alone would make them near-same
+    r = audit_examples(rows, [], progress=False)
+    assert r["inconsistent"]["near"]["groups"] == 0
+    # The template is recognised only with enough distinct prompts; the texts themselves are still compared.
+    rows.append(_chat(99, template.format(reviews[0] + "!"), "positive"))  # same review, conflicting label
+    assert audit_examples(rows, [], progress=False)["inconsistent"]["prompts"] == 1
+
+
+_WORDS_A = ("great", "awful", "noisy", "quiet", "cheap", "pricey", "sturdy", "flimsy", "shiny", "dull", "fast",
+            "slow", "handy", "clunky", "sleek", "bulky", "smart", "basic", "lovely", "broken", "solid", "weak")
+_WORDS_B = ("blender", "toaster", "kettle", "mixer", "grinder", "juicer", "oven", "fryer", "cooker", "scale",
+            "grill", "steamer", "peeler", "slicer", "whisk", "press", "mill", "pot", "pan", "wok", "tray", "rack")
+_WORDS_C = ("overall", "indeed", "honestly", "sadly", "luckily", "mostly", "rarely", "always", "never", "often",
+            "truly", "barely", "fully", "partly", "simply", "really", "surely", "maybe", "hardly", "nearly",
+            "finally", "clearly")

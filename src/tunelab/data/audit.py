@@ -20,7 +20,9 @@ duplicates                  removable duplicates > 1% of rows           medium
 refusals                    > 2% of assistant answers (any: low)        medium
 truncation                  > 5% of rows over max_length (any: low)     medium
 class imbalance             max/min class count > 10                    medium
-inconsistent answers        any prompt with different answers           medium
+inconsistent answers        any prompt, or group of near-same prompts   medium
+                            (char 5-gram Jaccard >= 0.8), with
+                            different answers
 degenerate turns            any                                         low
 rejected at read            > 5% of rows rejected (any: info)           medium
 ==========================  ==========================================  ========
@@ -29,6 +31,7 @@ rejected at read            > 5% of rows rejected (any: info)           medium
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -48,6 +51,7 @@ THRESHOLDS: dict[str, float] = {
     "imbalance": 10.0,  # largest / smallest class count
     "rejects": 0.05,  # fraction of rows rejected at read
     "language_confidence": 0.5,  # below this a detection counts as "uncertain"
+    "near_prompt_similarity": 0.8,  # estimated Jaccard of prompts' character 5-grams that makes them near-same
 }
 SEVERITIES = ("high", "medium", "low", "info")
 _EXAMPLES = 5  # examples kept per section
@@ -56,6 +60,7 @@ _TOP = 20  # top words / n-grams
 _BINS = 20  # histogram bins
 _TOKEN_BATCH = 512
 _LABEL_MAX_CLASSES, _LABEL_MAX_WORDS = 30, 4
+_TEMPLATE_MIN_PROMPTS = 20  # with this many distinct prompts, a prefix/suffix they all share is a template
 _ROLES = ("system", "user", "assistant")
 _PUNCT = ".,!?;:…'\"()[]{}<>`*_#-–—“”‘’«»，。！？；：、（）【】《》"
 _STOP_LIST = (
@@ -297,20 +302,64 @@ def _degenerate(examples: list[Example]) -> dict[str, Any]:
     return {"turns": sum(by_reason.values()), "rows": rows, "by_reason": _ranked(by_reason), "examples": shown}
 
 
-def _inconsistent(examples: list[Example]) -> dict[str, Any]:
-    """Prompts (normalised final user turn) that appear more than once with different (normalised) answers."""
+def _differ(examples: list[Example], rows: Iterable[int]) -> bool:
+    return len({_norm(examples[i].reference) for i in rows}) > 1
+
+
+def _inconsistent(examples: list[Example], progress: bool = False) -> dict[str, Any]:
+    """Prompts (normalised final user turn) that appear more than once with different (normalised) answers,
+    and groups of near-same prompts with different answers (``near``)."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         prompt = _final_prompt(ex)
         if prompt is not None and ex.reference is not None and _norm(prompt):
             groups[_norm(prompt)].append(i)
-    bad = [idx for idx in groups.values() if len({_norm(examples[i].reference) for i in idx}) > 1]
+    bad = [idx for idx in groups.values() if _differ(examples, idx)]
     shown = []
     for idx in bad[:_EXAMPLES]:
         answers = list(dict.fromkeys(examples[i].reference for i in idx))
         shown.append({"prompt": _cut(_final_prompt(examples[idx[0]])), "where": [examples[i].where for i in idx],
                       "answers": [_cut(a) for a in answers[:_EXAMPLES]]})
-    return {"prompts": len(bad), "rows": sum(len(idx) for idx in bad), "examples": shown}
+    return {"prompts": len(bad), "rows": sum(len(idx) for idx in bad), "examples": shown,
+            "near": _near_inconsistent(examples, groups, progress)}
+
+
+def _strip_template(keys: list[str]) -> list[str]:
+    """The keys without the prefix and suffix that all of them share, once there are enough keys for that to be
+    a prompt template: its shingles would otherwise make every pair of short inputs look near-same."""
+    if len(keys) < _TEMPLATE_MIN_PROMPTS:
+        return keys
+    pre = len(os.path.commonprefix(keys))
+    suf = len(os.path.commonprefix([k[::-1] for k in keys]))
+    return [k[pre:max(pre, len(k) - suf)] for k in keys]
+
+
+def _near_inconsistent(examples: list[Example], groups: dict[str, list[int]], progress: bool) -> dict[str, Any]:
+    """Clusters of distinct near-same prompts whose rows do not all have the same (normalised) answer.
+
+    A prompt enters MinHash as one unspaced string, so `tunelab.data.dedup` shingles it in character 5-grams:
+    a changed word form or a typo in a short prompt keeps most of them, where it would change every word
+    5-gram. 32 bands of 4 rows make pairs from Jaccard ~0.6 up candidates; the threshold confirms them.
+    """
+    from tunelab.data.dedup import MinHashParams, jaccard, near_duplicate_clusters
+
+    keys = list(groups)
+    texts = [k.replace(" ", "") for k in _strip_template(keys)]
+    idx = [j for j, t in enumerate(texts) if t]
+    params = MinHashParams(bands=32, threshold=THRESHOLDS["near_prompt_similarity"])
+    found = []
+    for cluster in near_duplicate_clusters([texts[j] for j in idx], params, progress=progress):
+        members = [idx[c] for c in cluster]
+        rows = sorted(i for j in members for i in groups[keys[j]])
+        if _differ(examples, rows):
+            found.append((members, rows))
+    shown = []
+    for members, rows in found[:_EXAMPLES]:
+        first = texts[members[0]]
+        sim = {i: jaccard(first, texts[j], params) for j in members for i in groups[keys[j]]}
+        shown.append([{"where": examples[i].where, "prompt": _cut(_final_prompt(examples[i])),
+                       "answer": _cut(examples[i].reference), "similarity": _r(sim[i])} for i in rows[:_EXAMPLES]])
+    return {"groups": len(found), "rows": sum(len(rows) for _, rows in found), "examples": shown}
 
 
 def _eval_overlap(examples: list[Example], texts: list[str], eval_texts: list[str] | None) -> dict[str, Any] | None:
@@ -372,10 +421,12 @@ def _content_findings(r: dict[str, Any]) -> Iterable[dict[str, str]]:
         yield _finding("medium", "Class imbalance",
                        f"{labels['classes']} classes; largest/smallest = {labels['imbalance_ratio']:g}.",
                        "rebalance the classes (oversample the rare ones or collect more)")
-    inc = r["inconsistent"]
-    if inc["prompts"]:
-        yield _finding("medium", "Inconsistent answers",
-                       f"{inc['prompts']} prompts appear with different answers ({inc['rows']} rows).",
+    inc, near = r["inconsistent"], r["inconsistent"]["near"]
+    if inc["prompts"] or near["groups"]:
+        parts = [f"{inc['prompts']} prompts appear with different answers ({inc['rows']} rows)"] * bool(inc["prompts"])
+        parts += [f"{near['groups']} groups of near-same prompts have different answers ({near['rows']} rows)"
+                  ] * bool(near["groups"])
+        yield _finding("medium", "Inconsistent answers", "; ".join(parts) + ".",
                        "keep one answer per prompt (fix the labels or deduplicate)")
     deg = r["degenerate"]
     if deg["turns"]:
@@ -419,7 +470,7 @@ def audit_examples(examples: list[Example], rejects: list[Reject], *, tokenizer=
         "vocabulary": _vocabulary(examples), "languages": _languages(examples, progress),
         "duplicates": _duplicates(examples, texts, progress), "pii": _pii(examples, progress),
         "labels": _labels(examples), "refusals": _refusals(examples), "degenerate": _degenerate(examples),
-        "inconsistent": _inconsistent(examples), "eval_overlap": _eval_overlap(examples, texts, eval_texts),
+        "inconsistent": _inconsistent(examples, progress), "eval_overlap": _eval_overlap(examples, texts, eval_texts),
         "thresholds": dict(THRESHOLDS),
     }
     report["findings"] = _findings(report)

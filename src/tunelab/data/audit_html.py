@@ -209,6 +209,22 @@ def _examples_section(title: str, note: str, header: list[str], keys: list[str],
     return _section(title, f'<p class="note">{_e(note)}</p>' + _table(header, [[e[k] for k in keys] for e in items]))
 
 
+def _inconsistent(inc: dict[str, Any], threshold: float | None) -> str:
+    """Identical prompts with different answers, then groups of near-same prompts, each row with its answer."""
+    exact = f'<p class="note">{inc["prompts"]} prompts with different answers.</p>' + _table(
+        ["prompt", "where", "answers"], [[e["prompt"], e["where"], e["answers"]] for e in inc["examples"]])
+    near = inc.get("near")
+    if near is None:
+        return _section("Inconsistent answers", exact)
+    rows = [[g, e["where"], e["similarity"], e["prompt"], e["answer"]]
+            for g, group in enumerate(near["examples"], start=1) for e in group]
+    note = (f'<p class="note">{near["groups"]} groups of near-same prompts (character 5-gram Jaccard &ge; '
+            f'{_e(threshold)}) with different answers ({near["rows"]} rows); similarity is to the group\'s first '
+            "prompt.</p>")
+    return _section("Inconsistent answers", exact + note + _table(["group", "where", "similarity", "prompt",
+                                                                    "answer"], rows))
+
+
 def _details(r: dict[str, Any]) -> str:
     ref, deg, inc, ov = r["refusals"], r["degenerate"], r["inconsistent"], r["eval_overlap"]
     parts = [
@@ -216,8 +232,7 @@ def _details(r: dict[str, Any]) -> str:
                           ["where", "prompt", "answer"], ["where", "prompt", "answer"], ref["examples"]),
         _examples_section("Degenerate turns", f"{deg['turns']} turns in {deg['rows']} rows.",
                           ["where", "role", "reason", "text"], ["where", "role", "reason", "text"], deg["examples"]),
-        _examples_section("Inconsistent answers", f"{inc['prompts']} prompts with different answers.",
-                          ["prompt", "where", "answers"], ["prompt", "where", "answers"], inc["examples"]),
+        _inconsistent(inc, r["thresholds"].get("near_prompt_similarity")),
     ]
     if ov is None:
         parts.append(_section("Evaluation overlap", "", "Not checked (no evaluation data given)."))
