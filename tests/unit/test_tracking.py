@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -89,3 +90,20 @@ class _noop:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_dry_run_measures_and_writes_nothing(tmp_path, chat_jsonl, tiny_model_dir, capsys):
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(f"data:\n  path: {chat_jsonl}\nmodel:\n  name: {tiny_model_dir}\n"
+                           f"output:\n  dir: {tmp_path / 'runs'}\ntrain:\n  max_steps: 40\n  batch_size: 4\n"
+                           "sweep:\n  strategy: grid\n  space:\n    train.lr: {type: categorical, choices: [0.001, 0.01]}\n",
+                           encoding="utf-8")
+    assert main(["train", str(recipe_file), "--dry-run"]) == 0
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert "tokens to process" in out and "measured real tok/s" in out and "peak memory" in out
+    assert re.search(r"optimizer steps\W+40\b", out)
+    assert not (tmp_path / "runs").exists()
+    assert main(["sweep", str(recipe_file), "--dry-run"]) == 0
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert re.search(r"trials\W+2\b", out) and "study tokens (no pruning)" in out
+    assert not (tmp_path / "runs").exists()

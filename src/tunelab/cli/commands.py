@@ -10,7 +10,7 @@ from rich.table import Table
 from tunelab.config.loading import dump_recipe, load_recipe
 from tunelab.util.console import console
 
-__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_merge", "cmd_models", "cmd_run", "cmd_runs", "cmd_sweep", "cmd_track", "cmd_train",
+__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_merge", "cmd_models", "cmd_reward", "cmd_run", "cmd_runs", "cmd_serve", "cmd_sweep", "cmd_track", "cmd_train",
            "cmd_validate"]
 
 
@@ -45,11 +45,38 @@ def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _print_estimate(est: dict, title: str, trials: int | None = None) -> None:
+    from tunelab.training.dryrun import format_duration
+
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("estimate", justify="right")
+    rows = [("train rows", f"{est['train_rows']:,}"), ("optimizer steps", f"{est['steps']:,}"),
+            ("tokens to process", f"{est['tokens_to_process']:,}"),
+            ("measured real tok/s", f"{est['measured_tokens_per_s']:,.0f} ({est['device']}/{est['precision']})"),
+            ("training time", format_duration(est["est_train_s"])),
+            ("with validation", f"{format_duration(est['est_total_s'])} ({est['validations']} passes of "
+                                f"{est['validation_pass_s']:.1f} s)"),
+            ("peak memory (measured)", f"{est['peak_rss_mb']:,.0f} MB RSS"),
+            ("trainable / total params", f"{est['trainable_params']:,} / {est['total_params']:,}")]
+    if trials:
+        rows += [("trials", str(trials)), ("study tokens (no pruning)", f"{est['tokens_to_process'] * trials:,}"),
+                 ("study time (no pruning)", format_duration(est["est_total_s"] * trials))]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tunelab import pipeline
     from tunelab.tracking import log_evaluation
 
     recipe, name = _recipe(args)
+    if args.dry_run:
+        from tunelab.training.dryrun import estimate_run
+
+        _print_estimate(estimate_run(recipe), f"dry run: {name} (nothing was written)")
+        return 0
     if getattr(args, "nproc", 1) > 1 and not _is_distributed_child():
         code, run_name = _launch_distributed(args, recipe, name)
         if code != 0:
@@ -69,6 +96,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tunelab import pipeline
 
     recipe, name = _recipe(args)
+    if args.dry_run:
+        from tunelab.training.dryrun import estimate_run
+
+        _print_estimate(estimate_run(recipe), f"dry run: {name} (nothing was written)")
+        return 0
     if args.nproc > 1 and not _is_distributed_child():
         return _launch_distributed(args, recipe, name)[0]
     run_dir = pipeline.train(recipe, name, resume=args.resume or False)
@@ -81,6 +113,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tunelab.sweep import optimize, run_sweep
 
     recipe, name = _recipe(args)
+    if args.dry_run:
+        from tunelab.sweep.study import planned_trials, validate_sweep
+        from tunelab.training.dryrun import estimate_run
+
+        validate_sweep(recipe)
+        _print_estimate(estimate_run(recipe.model_copy(update={"sweep": None})),
+                        f"dry run: sweep {name}, one trial at the base recipe's values", planned_trials(recipe))
+        return 0
     if args.worker:  # started by --workers: run trials until the shared study's budget is spent
         optimize(recipe, name, n_trials=args.worker_trials)
         return 0
@@ -195,10 +235,36 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reward(args: argparse.Namespace) -> int:
+    from tunelab.errors import TunelabError
+    from tunelab.recipes.reward import score_file
+
+    if getattr(args, "reward_verb", None) != "score":
+        raise TunelabError("missing reward verb", fix="tunelab reward score RUN_OR_MODEL FILE -o OUT.jsonl")
+    if args.batch_size < 1:
+        raise TunelabError(f"--batch-size must be at least 1, got {args.batch_size}", where="--batch-size")
+    res = score_file(args.model, args.file, args.out, on_error=args.on_error, batch_size=args.batch_size)
+    spread = f"mean {res['mean']:.4f}, std {res['std']:.4f}" if res["scored"] else "nothing scored"
+    console.print(f"scored {res['scored']} of {res['rows']} rows ({spread}); {res['rejected']} rejected → "
+                  f"[bold]{res['out']}[/]")
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from tunelab.cli.chat import chat
 
     return chat(args.target, args.prompt, args.system, args.max_new_tokens)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tunelab.serving import serve
+    from tunelab.serving.settings import serve_settings
+
+    spec = serve_settings(args.model, args.adapter, args.overrides, host=args.host, port=args.port,
+                          embedding_model=args.embedding_model, engine=args.engine)
+    serve(spec, api_key=args.api_key, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+          log_level=args.log_level)
+    return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -210,11 +276,25 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.on_error:
         args.overrides = [*args.overrides, f"{'data.' if args.data_verb == 'curate' else ''}on_error={args.on_error}"]
     if args.data_verb == "report":
+        from tunelab.data.preference import PREFERENCE_FORMATS
+        from tunelab.data.preference_report import report_preference_file
         from tunelab.data.stage import report_file
 
-        spec = load_recipe(None, [f"data.path={args.file}", *(f"data.{o}" for o in args.overrides)]).data
-        report, html = report_file(spec, args.out, args.eval, args.model)
+        overrides = [f"data.path={args.file}", *(f"data.{o}" for o in args.overrides)]
+        if any(o.replace(" ", "") in {f"format={f}" for f in PREFERENCE_FORMATS} for o in args.overrides):
+            overrides.append("train.objective=preference")  # a recipe allows preference formats only with it
+        spec = load_recipe(None, overrides).data
+        report, html = (report_preference_file(spec, args.out, args.eval, args.model)
+                        or report_file(spec, args.out, args.eval, args.model))
         _print_findings(report, html)
+        return 0
+    if args.data_verb == "from-feedback":
+        from tunelab.data.feedback import feedback_to_dataset
+
+        manifest = feedback_to_dataset(args.file, args.out, to=args.to, scale=args.scale,
+                                       max_pairs_per_prompt=args.max_pairs_per_prompt,
+                                       on_error=args.on_error or "stop", overwrite=args.overwrite)
+        _print_steps(manifest, args.out)
         return 0
     if args.data_verb == "split":
         from tunelab.data.stage import split_file

@@ -25,6 +25,7 @@ EXAMPLES = {
           tunelab train examples/quickstart.yaml train.save_every=50 output.name=qs   (Ctrl-C saves a checkpoint)
           tunelab train examples/quickstart.yaml output.name=qs --resume             (continues exactly)
           tunelab train examples/quickstart.yaml --nproc 2                           (data-parallel, 2 processes)
+          tunelab train examples/quickstart.yaml --dry-run            (tokens, measured tok/s, time, memory)
         Writes a run folder: adapter/ (or model/), tokenizer/, config.yaml, manifest.json, metrics.jsonl,
         checkpoints/ (with train.save_every or after SIGINT/SIGTERM).""",
     "eval": """
@@ -57,6 +58,8 @@ EXAMPLES = {
           tunelab data score chats.jsonl -o data/best curate.score.keep_top=500      (LLM judge, default model)
           tunelab data score chats.jsonl -o data/good curate.score.min_score=3.5 curate.score.rubric_file=rubric.txt
           tunelab data split ../shared/data/emotion/train.txt -o data/emotion delimiter=';' split.test=0.2
+          tunelab data report ../shared/data/llamafactory_dpo_en_demo/dpo_en_demo.json -o reports/dpo  (pairs too)
+          tunelab data from-feedback feedback.jsonl -o data/prefs                 (--to kto: labelled rows)
         `report` writes data_report.html and data_report.json (findings with severity and the action to take).
         The others write a dataset folder: data.jsonl, rejects.jsonl (every removed row, its step and reason)
         and manifest.json (input hashes, steps with parameters and counts). Use the folder as data.path.
@@ -91,6 +94,24 @@ EXAMPLES = {
         (safetensors, config, tokenizer with the chat template) that AutoModelForCausalLM loads alone; the
         merged logits are checked against the adapter's first. Prefix/prompt/P-tuning runs cannot merge
         (use the run folder itself: `tunelab chat RUN_DIR`).""",
+    "reward": """
+        examples:
+          tunelab reward score runs/reward answers.jsonl -o scored.jsonl
+          tunelab reward score runs/reward/model answers.jsonl -o scored.jsonl --on-error skip
+        Rows are {prompt, response} (prompt: text or a message list; `completion` is read as the response),
+        or {messages} ending with the assistant answer. Each row is written back with a `reward` field;
+        with --on-error skip, bad rows go to OUT.rejects.jsonl with their reasons. Train a reward model with
+        train.objective=reward (examples/reward.yaml).""",
+    "serve": """
+        examples:
+          tunelab serve smollm2-135m-instruct
+          tunelab serve runs/support --adapter billing=runs/billing --port 8080      (base + 2 adapters)
+          tunelab serve models/quickstart-merged --embedding-model all-minilm-l6-v2
+          tunelab serve runs/support batch_size=8 max_n=2 queue_size=32             (serve.* settings)
+        OpenAI-compatible API on 127.0.0.1:8000: /v1/models, /v1/chat/completions, /v1/completions,
+        /v1/embeddings, /v1/feedback, /health, /ready, /metrics. Every route but /health needs
+        `Authorization: Bearer KEY` (--api-key or $TUNELAB_API_KEY; else a key is generated and printed).
+        Prints curl and openai snippets; docs/serving.md has every field and limit.""",
 }
 
 
@@ -125,10 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the newest interrupted run of this recipe (or RUN_DIR) from its last checkpoint")
         p.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on GPU)")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print tokens to process, measured throughput, estimated time and memory; train nothing")
     _add_recipe_args(_sub(subs, "validate", "check a recipe and print it resolved", c.cmd_validate))
     sw = _sub(subs, "sweep", "search hyperparameters (grid/random/TPE/CMA-ES with pruning) on Optuna", c.cmd_sweep)
     _add_recipe_args(sw)
     sw.add_argument("--workers", type=int, default=1, metavar="N", help="trial processes sharing the study")
+    sw.add_argument("--dry-run", action="store_true", help="estimate the study's cost (one trial measured); run nothing")
     sw.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers
     sw.add_argument("--worker-trials", type=int, default=None, help=argparse.SUPPRESS)
     runs = _sub(subs, "runs", "list, show and compare run folders (works without MLflow)", c.cmd_runs)
@@ -155,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype (default fp32)")
     merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     _add_data_verbs(_sub(subs, "data", "curate a dataset: clean, pii, filter, dedup, decontam", c.cmd_data))
+    _add_reward_verbs(_sub(subs, "reward", "use a trained reward model: score prompt/response rows", c.cmd_reward))
+    _add_serve_args(_sub(subs, "serve", "serve a model, run or adapters over an OpenAI-compatible API", c.cmd_serve))
     return parser
 
 
@@ -169,7 +195,36 @@ DATA_VERBS = {
     "augment": "add synthetic rows (EDA, paraphrase, self-instruct, back-translation), filtered and deduplicated",
     "score": "rate rows with an LLM judge and a rubric (1-5); keep the best N or those above a threshold",
     "split": "write train/validation/test dataset folders (deterministic, stratified, near-duplicates grouped)",
+    "from-feedback": "turn served-model feedback (ratings or comparisons) into a preference or KTO dataset",
 }
+
+
+def _add_reward_verbs(p: argparse.ArgumentParser) -> None:
+    rsubs = p.add_subparsers(dest="reward_verb", metavar="VERB")
+    text = "add a `reward` field to every prompt/response row of a JSONL (or any data) file"
+    v = rsubs.add_parser("score", help=text, description=text, epilog=textwrap.dedent(EXAMPLES["reward"]),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("model", help="reward run folder (train.objective=reward) or a one-output classifier folder")
+    v.add_argument("file", help="rows to score")
+    v.add_argument("-o", "--out", required=True, help="output JSONL (the rows with `reward` added)")
+    v.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="bad rows: stop with file:line (default) or skip them into OUT.rejects.jsonl")
+    v.add_argument("--batch-size", type=int, default=8, help="rows scored at once")
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="builtin alias, model folder (e.g. a merge export), run folder or cached hub id")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN_DIR",
+                   help="serve another LoRA-family adapter on the same base as model NAME (repeatable)")
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--embedding-model", help="encoder for /v1/embeddings, e.g. all-minilm-l6-v2")
+    p.add_argument("--engine", choices=["transformers", "vllm"], help="generation backend (default transformers)")
+    p.add_argument("--api-key", help="the key clients must send (default: $TUNELAB_API_KEY, else generated)")
+    p.add_argument("--ssl-keyfile", help="TLS private key (PEM) for https")
+    p.add_argument("--ssl-certfile", help="TLS certificate (PEM) for https")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="serve settings (docs/config.md, serve.*)")
 
 
 def _add_data_verbs(p: argparse.ArgumentParser) -> None:
@@ -186,6 +241,12 @@ def _add_data_verbs(p: argparse.ArgumentParser) -> None:
         if verb == "report":
             v.add_argument("--model", default="smollm2-135m-instruct",
                            help="tokenizer for token lengths and truncation (default: the default model)")
+        if verb == "from-feedback":
+            v.add_argument("--to", choices=["pairs", "kto"], default="pairs",
+                           help="pairs (good vs bad answer to one prompt) or kto (labelled rows)")
+            v.add_argument("--scale", choices=["auto", "thumbs", "stars"], default="auto",
+                           help="ratings are thumbs (1/-1) or stars (1-5); auto: stars when some rating is 2-5")
+            v.add_argument("--max-pairs-per-prompt", type=int, default=4, metavar="N", help="cap per prompt")
         v.add_argument("overrides", nargs="*", metavar="key.sub=value",
                        help="recipe overrides" if verb == "curate" else "data-section overrides")
 

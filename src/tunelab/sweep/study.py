@@ -22,7 +22,7 @@ from tunelab.errors import TunelabError
 from tunelab.sweep.space import check_space, grid_configs, sample, trial_recipe
 from tunelab.util.console import console
 
-__all__ = ["direction_of", "open_study", "run_sweep", "study_dir"]
+__all__ = ["direction_of", "open_study", "planned_trials", "run_sweep", "study_dir"]
 
 _LOSS_METRICS = {"val_loss", "val_ppl"}
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -260,6 +260,14 @@ def _shares(remaining: int | None, workers: int) -> list[int | None]:
     if remaining is None:
         return [None] * workers
     return [remaining // workers + (i < remaining % workers) for i in range(workers)]
+
+
+def planned_trials(recipe: Recipe) -> int | None:
+    """Trials the study will run in all (grid: its distinct configurations, capped by sweep.trials)."""
+    if recipe.sweep.strategy == "grid":
+        size = len(grid_configs(recipe.sweep, recipe.model_dump(mode="json", exclude={"sweep"})))
+        return min(size, recipe.sweep.trials) if recipe.sweep.trials else size
+    return recipe.sweep.trials
 
 
 def run_sweep(recipe: Recipe, recipe_name: str, recipe_path: str | None = None, overrides: list[str] | None = None,
