@@ -10,6 +10,11 @@ Each contender runs in its own subprocess so that peak memory (max RSS) is its o
 
     python benchmarks/train_throughput.py                 # 40 steps each (~6 min on 2 cores)
     python benchmarks/train_throughput.py --steps 10      # quick look
+    python benchmarks/train_throughput.py --methods full,lora,prefix,prompt,ia3 --steps 30
+
+`--methods` compares fine-tuning methods instead (all tunelab, same data and steps, each in its own
+process): trainable parameters, real tokens/s, peak RSS, train time and final validation loss side by side,
+each method at its usual learning rate (METHOD_LR).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from pathlib import Path
 import torch
 
 STEPS, BATCH, LR, MAX_LEN, ROWS = 40, 8, 2e-4, 256, 2000
+# Learning rates typical for each method (a full model moves with far smaller steps than an adapter).
+METHOD_LR = {"full": 5e-5, "freeze": 1e-4, "lora": LR, "prefix": 1e-2, "prompt": 1e-2, "ptuning": 1e-2,
+             "ia3": 1e-2}
 
 
 def measure_bf16_peak(n: int = 2048, reps: int = 10) -> float:
@@ -41,23 +49,24 @@ def measure_bf16_peak(n: int = 2048, reps: int = 10) -> float:
     return best
 
 
-def _recipe(steps: int, out_dir: str):
+def _recipe(steps: int, out_dir: str, method: str = "lora"):
     from tunelab.config import load_recipe
 
     return load_recipe(None, [
         "data.path=demo:support_tickets", f"data.max_length={MAX_LEN}", "data.split.validation=0.05",
         "data.split.test=0.05", "data.eval_limit=64", f"train.max_steps={steps}", f"train.batch_size={BATCH}",
-        f"train.lr={LR}", "train.scheduler=cosine", "train.warmup_ratio=0.05", "train.log_every=1000",
-        "method.name=lora", "method.lora.r=16", "method.lora.alpha=32", f"output.dir={out_dir}",
+        f"train.lr={METHOD_LR[method]}", "train.scheduler=cosine", "train.warmup_ratio=0.05",
+        "train.log_every=1000", f"method.name={method}", "method.lora.r=16", "method.lora.alpha=32",
+        f"output.dir={out_dir}",
         "output.name=bench", "eval.enabled=false",
     ])
 
 
-def run_tunelab(steps: int) -> dict:
+def run_tunelab(steps: int, method: str = "lora") -> dict:
     from tunelab.recipes.sft import SFTRecipe
 
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = _recipe(steps, tmp)
+        recipe = _recipe(steps, tmp, method)
         run_dir = Path(tmp) / "bench"
         run_dir.mkdir()
         sft = SFTRecipe(recipe, run_dir)
@@ -65,7 +74,8 @@ def run_tunelab(steps: int) -> dict:
         summary = sft.train()
         val = sft.validation_loss()
     return {"real_tokens": summary["real_tokens"], "train_s": summary["train_time_s"], "val_loss": val,
-            "precision": summary["precision"], "params": summary["total_params"]}
+            "precision": summary["precision"], "params": summary["total_params"],
+            "trainable": summary["trainable_params"]}
 
 
 class _PadToMax:
@@ -113,7 +123,10 @@ def run_hf_trainer(steps: int) -> dict:
 
 def worker(name: str, steps: int) -> None:
     torch.manual_seed(0)
-    result = {"tunelab": run_tunelab, "hf_trainer": run_hf_trainer}[name](steps)
+    if name.startswith("tunelab:"):  # one method of the --methods comparison
+        result = run_tunelab(steps, name.split(":", 1)[1])
+    else:
+        result = {"tunelab": run_tunelab, "hf_trainer": run_hf_trainer}[name](steps)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -130,10 +143,14 @@ def _spawn(name: str, steps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument("--worker", choices=["tunelab", "hf_trainer"])
+    ap.add_argument("--worker", help="internal: run one contender in this process")
+    ap.add_argument("--methods", help="compare these tunelab methods instead, e.g. full,lora,prefix,prompt,ia3")
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.steps)
+        return
+    if args.methods:
+        compare_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.steps)
         return
     peak = measure_bf16_peak()
     results = {name: _spawn(name, args.steps) for name in ("hf_trainer", "tunelab")}
@@ -153,6 +170,34 @@ def main() -> None:
     print(f"{'final validation loss':28}{b['val_loss']:>28.4f}{t['val_loss']:>14.4f}{t['val_loss'] - b['val_loss']:>+10.4f}")
     print(f"{'MFU vs bf16 peak':28}{b['mfu']:>28.1%}{t['mfu']:>14.1%}")
     print(f"{'precision':28}{b['precision']:>28}{t['precision']:>14}")
+
+
+def compare_methods(methods: list[str], steps: int) -> None:
+    """Each method in its own process, same data and steps; a table with one column per method."""
+    unknown = [m for m in methods if m not in METHOD_LR]
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_LR)}")
+    rows = {m: _spawn(f"tunelab:{m}", steps) for m in methods}
+    for r in rows.values():
+        r["tok_s"] = r["real_tokens"] / r["train_s"]
+    print(f"\nSFT methods, {steps} steps x batch {BATCH}, max_length {MAX_LEN}, threads {torch.get_num_threads()}, "
+          f"precision {next(iter(rows.values()))['precision']}")
+    print(f"{'':24}" + "".join(f"{m:>14}" for m in methods))
+    table = [
+        ("learning rate", lambda m, r: f"{METHOD_LR[m]:g}"),
+        ("trainable params", lambda m, r: f"{r['trainable']:,}"),
+        ("trainable %", lambda m, r: f"{100 * r['trainable'] / r['params']:.3f}%"),
+        ("real tokens/s", lambda m, r: f"{r['tok_s']:,.1f}"),
+        ("peak RSS (MB)", lambda m, r: f"{r['peak_rss_mb']:,.0f}"),
+        ("train wall time (s)", lambda m, r: f"{r['train_s']:,.1f}"),
+        ("final validation loss", lambda m, r: f"{r['val_loss']:.4f}"),
+    ]
+    for label, cell in table:
+        print(f"{label:24}" + "".join(f"{cell(m, r):>14}" for m, r in rows.items()))
+    if "full" in rows and "lora" in rows:
+        ratio = rows["lora"]["tok_s"] / rows["full"]["tok_s"]
+        print(f"LoRA vs full fine-tuning at equal steps: {ratio:.2f}x the tokens/s "
+              f"({'faster' if ratio > 1 else 'NOT faster'})")
 
 
 if __name__ == "__main__":

@@ -189,6 +189,13 @@ def test_prompt_learning_runs_cannot_merge(tiny_model_dir, tokenizer, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("case", ["prefix"])
+def test_chat_loads_the_run_onto_its_base(case, tiny_model_dir, tokenizer, tmp_path, capsys):
+    _, run, _ = _trained_run(tiny_model_dir, tokenizer, tmp_path, case)
+    assert main(["chat", str(run), "--prompt", "What colour is item 3?", "--max-new-tokens", "3"]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
 def test_lora_options_reach_peft(tiny_model_dir):
     spec = _recipe(tiny_model_dir, "rslora", ["method.lora.alpha=8"]).method
     model = apply_method(load_causal_lm(str(tiny_model_dir)), spec)

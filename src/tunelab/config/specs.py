@@ -33,8 +33,12 @@ __all__ = [
     "PromptSpec",
     "PtuningSpec",
     "QLoraSpec",
+    "RLSpec",
     "Recipe",
+    "RewardModelSpec",
+    "RewardSpec",
     "ScoreSpec",
+    "ServeSpec",
     "SplitSpec",
     "SweepSpec",
     "ParamSpec",
@@ -542,12 +546,14 @@ class TrainSpec(_Spec):
         description="'length_grouped' batches similar lengths (little padding), 'packed' concatenates "
         "examples with per-document attention, 'padded' pads every batch to max_length (the slow baseline).",
     )
-    objective: Literal["sft", "pretrain", "classify", "preference"] = Field(
+    objective: Literal["sft", "pretrain", "classify", "preference", "reward", "grpo", "rloo"] = Field(
         "sft", description="What is learned (docs/objectives.md): 'sft' next-token loss on the assistant turns "
         "(all tokens for plain text); 'pretrain' next-token loss on plain text packed into blocks (perplexity "
         "evaluation); 'classify' a new sequence-classification head on the model (encoder or decoder), "
         "evaluated by accuracy and macro-F1; 'preference' DPO-family/ORPO/SimPO/KTO on preference data "
-        "(the `preference` section; docs/preferences.md)."
+        "(the `preference` section; docs/preferences.md); 'reward' a reward model (scalar head, Bradley-Terry "
+        "loss on pairs; pairwise accuracy on held-out pairs); 'grpo' / 'rloo' online RL from prompts with the "
+        "rewards of the `rl` section (docs/preferences.md)."
     )
     curriculum: Literal["none", "length", "score"] = Field(
         "none", description="Order of the first epoch: 'length' shortest rows first, 'score' lowest "
@@ -684,6 +690,175 @@ class PreferenceSpec(_Spec):
         return self
 
 
+RewardType = Literal["json_valid", "json_schema", "json_fields", "exact_match", "regex", "length_penalty", "model",
+                     "callable"]
+# Which parameter each reward type needs; a parameter given to a type that does not read it is an error.
+_REWARD_PARAMS = {"json_schema": ("json_schema",), "regex": ("pattern",), "length_penalty": ("target",),
+                  "model": ("model",), "callable": ("function",)}
+_REWARD_OPTIONAL = {"json_schema": ("partial",), "json_fields": ("column",), "exact_match": ("column",)}
+
+
+class RewardSpec(_Spec):
+    """One reward of ``rl.rewards`` (tunelab.rewards; docs/preferences.md)."""
+
+    type: RewardType = Field(
+        ..., description="'json_valid' (1 when the completion is a JSON object), 'json_schema' (checked against "
+        "`json_schema`), 'json_fields' (share of the reference JSON's fields right), 'exact_match' (normalised "
+        "equality with the reference), 'regex' (`pattern` found), 'length_penalty' (0 up to `target` "
+        "characters, down to -1 at twice that), 'model' (a reward model scores prompt + completion), "
+        "'callable' (`function`: module:function or file.py:function)."
+    )
+    weight: float = Field(1.0, description="Weight of this reward in the total (rewards are summed).")
+    name: str | None = Field(None, description="Name in the logs (metrics.jsonl `reward/<name>`); default: "
+                             "the type, or the function's name.")
+    json_schema: dict[str, Any] | str | None = Field(
+        None, description="json_schema: the JSON schema, inline or the path of a .json file "
+        "(tunelab checks a subset of JSON Schema and refuses other keywords; docs/preferences.md)."
+    )
+    partial: bool = Field(True, description="json_schema: score the share of schema checks passed (true) or "
+                          "1 only for a fully valid object (false).")
+    pattern: str | None = Field(None, description="regex: regular expression searched in the completion (DOTALL).")
+    target: int | None = Field(None, ge=1, description="length_penalty: characters allowed before the penalty.")
+    column: str | None = Field(None, description="exact_match / json_fields: raw column holding the reference "
+                               "(default: the row's final assistant answer).")
+    model: str | None = Field(None, description="model: a `train.objective=reward` run folder, or a "
+                              "sequence-classification model folder with one output.")
+    function: str | None = Field(None, description="callable: 'module:function' or 'path/to/file.py:function', "
+                                 "taking keyword arguments among completions, prompts, references, rows.")
+
+    @model_validator(mode="after")
+    def _params(self) -> RewardSpec:
+        needed = _REWARD_PARAMS.get(self.type, ())
+        for key in needed:
+            if getattr(self, key) is None:
+                raise ValueError(f"reward type '{self.type}' needs '{key}'")
+        allowed = set(needed) | set(_REWARD_OPTIONAL.get(self.type, ())) | {"type", "weight", "name"}
+        for key in ("json_schema", "pattern", "target", "column", "model", "function"):
+            if key not in allowed and getattr(self, key) is not None:
+                raise ValueError(f"'{key}' is not read by reward type '{self.type}'")
+        if self.type != "json_schema" and not self.partial:
+            raise ValueError(f"'partial' is read only by reward type 'json_schema', not '{self.type}'")
+        return self
+
+
+class RLSpec(_Spec):
+    """Online RL (``train.objective: grpo | rloo``): rewards, KL control, sampling."""
+
+    rewards: list[RewardSpec] = Field(
+        default_factory=list, description="The rewards, summed with their weights: entries {type, weight, name, "
+        "json_schema, partial, pattern, target, column, model, function} (see RewardSpec in docs/preferences.md)."
+    )
+    beta: float = Field(0.04, ge=0, description="KL coefficient against the reference policy (0: no reference "
+                        "forward, no KL control). GRPO adds beta*KL to the loss, RLOO subtracts it from the reward.")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group whose mean "
+                                 "reward is the baseline).")
+    max_completion_length: int = Field(64, ge=1, description="Generation budget per completion (tokens).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this "
+                         "probability mass (1: off).")
+    top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens only (0: off).")
+    epsilon: float = Field(0.2, gt=0, description="Clipping range of the probability ratio (PPO-style).")
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes over each batch of completions.")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
+        "dapo", description="GRPO loss aggregation (TRL): 'dapo' tokens of the whole batch, 'grpo' per-sequence "
+        "mean, 'dr_grpo' a constant, 'bnpo' tokens of the micro-batch. RLOO has one loss and ignores it."
+    )
+    reference_model: str | None = Field(
+        None, description="Reference policy for the KL term: null = the policy's starting weights (the PEFT "
+        "base, no second model for LoRA-family methods); or another model (alias, folder, run folder) with the "
+        "same tokenizer."
+    )
+    eval_prompts: int = Field(32, ge=0, description="Held-out prompts (validation split) answered greedily "
+                              "before and after training; their mean reward is logged (0: skip).")
+
+    @model_validator(mode="after")
+    def _kl(self) -> RLSpec:
+        if self.reference_model and self.beta == 0:
+            raise ValueError("reference_model is used only for the KL term, but beta is 0")
+        return self
+
+
+class RewardModelSpec(_Spec):
+    """Reward-model training (``train.objective: reward``)."""
+
+    center_coefficient: float | None = Field(
+        0.01, ge=0, description="Weight of the penalty on (r_chosen + r_rejected)^2 that keeps rewards centred "
+        "on 0 (as TRL's RewardTrainer; null: off). Centred rewards suit RL, where the reward is a baseline-free "
+        "signal."
+    )
+
+
+class ServeSpec(_Spec):
+    """`tunelab serve`: the OpenAI-compatible server (see docs/serving.md)."""
+
+    model: str | None = Field(
+        None, description="What to serve: builtin alias, local model folder (e.g. a `tunelab merge` export), run "
+        "folder (its adapter on its base, or its full weights) or cached hub id; `tunelab serve MODEL` sets it."
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="More LoRA-family adapters on the same base, served at once: "
+        "{name: run folder}; a request picks one with `model: name`."
+    )
+    embedding_model: str | None = Field(
+        None, description="Encoder for /v1/embeddings (e.g. all-minilm-l6-v2; mean-pooled, L2-normalised); "
+        "null leaves the route answering 400."
+    )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Generation backend: 'transformers' (CPU or GPU, dynamic batching with KV "
+        "cache) or 'vllm' (CUDA GPUs; pip install vllm)."
+    )
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the server to the network.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Weights dtype: 'auto' is bf16 on a GPU or a CPU with native bf16, else fp32."
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    batch_size: int = Field(16, ge=1, le=512, description="Most sequences decoded together, over all models.")
+    queue_size: int = Field(64, ge=0, description="Most requests waiting for a batch slot; more are answered "
+                            "503 with Retry-After.")
+    queue_timeout_s: float = Field(60.0, gt=0, description="A request that waits longer than this for a batch "
+                                   "slot is answered 503.")
+    request_timeout_s: float = Field(600.0, gt=0, description="Longest generation per request; then it is "
+                                     "cancelled and answered 504.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body; larger ones get 413.")
+    max_header_bytes: int = Field(16_384, ge=1024, description="Largest total size of request headers; larger "
+                                  "get 431.")
+    max_n: int = Field(8, ge=1, le=128, description="Most choices per request (`n` times the number of prompts).")
+    max_stop: int = Field(4, ge=0, le=4, description="Most stop sequences per request.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Longest prompt in tokens (default: the model's context minus one)."
+    )
+    max_tokens: int = Field(4096, ge=1, description="Largest `max_tokens` a request may ask for (it is also "
+                            "bounded by the context left after the prompt).")
+    default_max_tokens: int = Field(512, ge=1, description="`max_tokens` when a request gives none (bounded by "
+                                    "the context left after the prompt).")
+    max_embedding_inputs: int = Field(256, ge=1, description="Most input texts per /v1/embeddings request.")
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health"], description="Paths answered without an API key; every other path "
+        "needs `Authorization: Bearer KEY`."
+    )
+    state_dir: str = Field("serve-state", description="Folder for the server's records (feedback JSONL).")
+    recent_responses: int = Field(
+        4096, ge=0, description="Responses remembered (prompt and answer) so /v1/feedback can refer to them by id."
+    )
+
+    @field_validator("public_paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"paths must start with '/': {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeSpec:
+        if self.default_max_tokens > self.max_tokens:
+            raise TunelabError(f"serve.default_max_tokens ({self.default_max_tokens}) exceeds serve.max_tokens "
+                               f"({self.max_tokens})", where="serve.default_max_tokens",
+                               fix="lower serve.default_max_tokens or raise serve.max_tokens")
+        return self
+
+
 class Recipe(_Spec):
     data: DataSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -694,6 +869,12 @@ class Recipe(_Spec):
     sweep: SweepSpec | None = Field(None, description="Hyperparameter search (`tunelab sweep`).")
     preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="Preference objective "
                                        "(train.objective=preference): loss, beta, reference policy.")
+    rl: RLSpec = Field(default_factory=RLSpec, description="Online RL (train.objective=grpo or rloo): rewards, "
+                       "KL coefficient, sampling settings.")
+    reward_model: RewardModelSpec = Field(default_factory=RewardModelSpec, description="Reward-model training "
+                                          "(train.objective=reward).")
+    serve: ServeSpec = Field(default_factory=ServeSpec, description="`tunelab serve`: the OpenAI-compatible "
+                             "server (docs/serving.md).")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -724,11 +905,34 @@ class Recipe(_Spec):
     @model_validator(mode="after")
     def _preference_data(self) -> Recipe:
         preference_format = self.data.format in ("pairs", "sharegpt_pairs", "hh", "unpaired")
-        if preference_format and self.train.objective != "preference":
+        if preference_format and self.train.objective not in ("preference", "reward"):
             raise TunelabError(f"data.format={self.data.format} is preference data, but train.objective="
                                f"{self.train.objective}", where="data.format, train.objective",
                                fix="set train.objective=preference, or a chat/text data.format")
-        if self.train.objective == "preference" and self.data.packing == "blocks":
+        if self.train.objective == "reward" and self.data.format == "unpaired":
+            raise TunelabError("a reward model learns from pairs (chosen vs rejected), not unpaired labels",
+                               where="data.format, train.objective",
+                               fix="use a file of pairs, or train.objective=preference with preference.loss=kto")
+        if self.train.objective in ("preference", "reward") and self.data.packing == "blocks":
             raise TunelabError("preference pairs cannot be packed into blocks", where="data.packing",
                                fix="use data.packing=none")
+        return self
+
+    @model_validator(mode="after")
+    def _online_rl(self) -> Recipe:
+        t, rl = self.train, self.rl
+        if t.objective not in ("grpo", "rloo"):
+            return self
+        if not rl.rewards:
+            raise TunelabError(f"train.objective={t.objective} needs at least one reward", where="rl.rewards",
+                               fix="add e.g. rl.rewards: [{type: json_valid}] (docs/preferences.md)")
+        if (t.batch_size * t.grad_accum) % rl.num_generations:
+            raise TunelabError(f"train.batch_size x train.grad_accum ({t.batch_size * t.grad_accum} completions per "
+                               f"step) is not a multiple of rl.num_generations ({rl.num_generations})",
+                               where="train.batch_size, rl.num_generations",
+                               fix="make completions per step a multiple of the group size, e.g. batch_size=8 "
+                               "with num_generations=4")
+        if self.data.packing == "blocks":
+            raise TunelabError("online RL samples answers to prompts; blocks of joined text have no prompt",
+                               where="data.packing", fix="use data.packing=none")
         return self

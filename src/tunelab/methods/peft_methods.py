@@ -101,7 +101,34 @@ def wrap(model: torch.nn.Module, spec: MethodSpec) -> torch.nn.Module:
     section = "lora" if spec.name == "qlora" else spec.name
     try:
         # PEFT keeps adapter weights in fp32 even when the frozen base is bf16 (autocast_adapter_dtype).
-        return get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     except (ValueError, TypeError, NotImplementedError, AttributeError) as e:
         raise TunelabError(f"method '{spec.name}' cannot be applied to this model: {e}",
                            where=f"method.{section}", fix="see docs/methods.md for what each method supports") from e
+    if spec.name == "prefix" and spec.prefix.init == "text":
+        init_prefix_from_text(peft_model, spec.prefix.init_text)
+    return peft_model
+
+
+@torch.no_grad()
+def init_prefix_from_text(peft_model: torch.nn.Module, text: str) -> None:
+    """Set the prefix to the keys/values the base model computes for `text` (repeated or cut to length).
+
+    PEFT lays the prefix embedding out as (num_virtual_tokens, layers * 2 * kv_heads * head_dim) with
+    key then value per layer; the base's KV cache for the same tokens has exactly that content.
+    """
+    from transformers import AutoTokenizer
+
+    folder = getattr(peft_model.get_base_model(), "name_or_path", "") or ""
+    if not folder:
+        raise TunelabError("prefix init 'text' needs the model's tokenizer, but the model has no folder",
+                           where="method.prefix.init", fix="load the model from a folder, or use init: random")
+    embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
+    n = embedding.weight.shape[0]
+    ids = AutoTokenizer.from_pretrained(folder)(text, add_special_tokens=False)["input_ids"]
+    ids = (ids * (n // max(len(ids), 1) + 1))[:n]
+    base = peft_model.get_base_model()
+    cache = base(input_ids=torch.tensor([ids], device=embedding.weight.device), use_cache=True).past_key_values
+    kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]  # each (1, kv_heads, n, head_dim)
+    stacked = torch.stack(kv)[:, 0]  # (layers * 2, kv_heads, n, head_dim)
+    embedding.weight.copy_(stacked.permute(2, 0, 1, 3).reshape(n, -1).float())
