@@ -1,0 +1,90 @@
+"""Full grid vs TPE + ASHA pruning on the same space, same task, same job: best validation loss and tokens spent.
+
+    .venv/bin/python benchmarks/sweep_efficiency.py [--data ../shared/data/emotion] [--steps 30]
+
+Space: learning rate (4 values) x LoRA rank (2) x batch size (2) = 16 configurations on the emotion task with the
+default model. The grid runs all 16; TPE + ASHA gets 8 trials and prunes by intermediate validation loss.
+Target (issue 8): TPE + pruning within 1% (relative) of the grid's best while spending at most a third of its
+training tokens. Prints both and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+LRS = [2.5e-4, 5e-4, 1e-3, 2e-3]
+
+
+def _recipe(data: Path, out: Path, steps: int, sweep: dict) -> dict:
+    return {
+        "data": {"path": str(data / "train.txt"), "validation_path": str(data / "val.txt"), "delimiter": ";",
+                 "columns": {"prompt": "text", "completion": "label_name"},
+                 "prompt_template": "Classify the emotion of this text as one of: sadness, joy, love, anger, fear, "
+                                    "surprise.\nText: {prompt}\nEmotion:",
+                 "max_length": 96, "limit": 400, "eval_limit": 100, "split": {"test": 0.0}},
+        "model": {"name": "smollm2-135m-instruct"},
+        "method": {"name": "lora", "lora": {"r": 8, "alpha": 16}},
+        "train": {"max_steps": steps, "batch_size": 8, "lr": 1e-3, "eval_every": max(1, steps // 5),
+                  "log_every": max(1, steps // 5)},
+        "eval": {"enabled": False},
+        "output": {"dir": str(out), "tracking": []},
+        "sweep": sweep,
+    }
+
+
+def _run(doc: dict, name: str) -> dict:
+    from tunelab.config.specs import Recipe
+    from tunelab.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    folder = run_sweep(Recipe.model_validate(doc), name)
+    summary = json.loads((folder / "sweep.json").read_text())
+    return {"best": summary["best"]["value"], "tokens": summary["tokens"], "trials": summary["trials"],
+            "states": summary["states"], "wall_s": round(time.perf_counter() - t0, 1),
+            "best_params": summary.get("best_params")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "emotion"))
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--tpe-trials", type=int, default=8)
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not (data / "train.txt").is_file():
+        print(f"emotion data not found in {data}", file=sys.stderr)
+        return 2
+    os.environ["TUNELAB_TRACKING"] = "none"
+    space = {"train.lr": {"type": "categorical", "choices": LRS},
+             "method.lora.r": {"type": "categorical", "choices": [4, 16]},
+             "train.batch_size": {"type": "categorical", "choices": [4, 8]}}
+    with tempfile.TemporaryDirectory(prefix="tunelab-sweep-bench-") as tmp:
+        out = Path(tmp)
+        grid = _run(_recipe(data, out, args.steps, {"strategy": "grid", "pruner": "none", "trials": None,
+                                                    "space": space}), "grid")
+        tpe = _run(_recipe(data, out, args.steps, {"strategy": "tpe", "pruner": "asha", "trials": args.tpe_trials,
+                                                   "min_resource": 1, "seed": 0, "space": space}), "tpe_asha")
+    gap = (tpe["best"] - grid["best"]) / grid["best"]
+    share = tpe["tokens"] / grid["tokens"]
+    print(f"\n{'':24}{'grid':>14}{'TPE + ASHA':>14}")
+    print(f"{'trials':24}{grid['trials']:>14}{tpe['trials']:>14}")
+    print(f"{'states':24}{str(grid['states']):>14}  {tpe['states']}")
+    print(f"{'best val_loss':24}{grid['best']:>14.4f}{tpe['best']:>14.4f}")
+    print(f"{'training tokens':24}{grid['tokens']:>14,}{tpe['tokens']:>14,}")
+    print(f"{'wall time (s)':24}{grid['wall_s']:>14}{tpe['wall_s']:>14}")
+    print(f"\nTPE+ASHA vs grid: best val_loss {gap:+.2%} (target within +1%), tokens {share:.2f}x (target <= 0.33x)")
+    print(f"grid best params: {grid['best_params']}\nTPE best params:  {tpe['best_params']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
