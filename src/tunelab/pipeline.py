@@ -93,9 +93,20 @@ def train(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False,
 
 def evaluate(run_dir: str | Path) -> dict[str, Any]:
     """Evaluate a run folder's tuned model against its base model on the held-out split."""
+    from tunelab.config.loading import load_recipe
     from tunelab.evaluation.runner import evaluate_run
 
-    result = evaluate_run(run_dir)
+    recipe = load_recipe(Path(run_dir) / "config.yaml")
+    if recipe.train.objective == "reward":  # pairwise accuracy of the reward model on held-out pairs
+        from tunelab.recipes.reward import evaluate_reward_run
+
+        result = evaluate_reward_run(run_dir, recipe)
+    elif recipe.train.objective == "preference":  # implicit-reward accuracy on held-out pairs, not generation
+        from tunelab.recipes.preference_eval import evaluate_preference_run
+
+        result = evaluate_preference_run(run_dir, recipe)
+    else:
+        result = evaluate_run(run_dir, recipe)
     print_comparison(result)
     return result
 

@@ -218,3 +218,232 @@ def test_pair_stats_and_findings(tmp_path):
     balanced = pair_stats([PairExample([{"role": "user", "content": "q"}], "ab" * (i % 2 + 1), "ab" * (2 - i % 2),
                                        "f") for i in range(40)])
     assert balanced["chosen_longer"] == 0.5 and pair_findings(balanced) == []
+
+
+# ------------------------------------------------------------------------------------------ objectives
+
+_WRONG = ["red", "green", "black", "white", "yellow"]
+
+
+def _sky(tmp_path: Path, n: int = 24) -> Path:
+    """Toy preference set: the sky's colour is chosen, a wrong colour is rejected (learnable in a few steps)."""
+    rows = [{"prompt": f"Q{i}: colour of a clear sky?", "chosen": "blue", "rejected": _WRONG[i % 5]} for i in range(n)]
+    return _write(tmp_path, rows, "sky.jsonl")
+
+
+def _recipe(tmp_path: Path, model_dir: Path, loss: str, method: str = "lora", **train):
+    from tunelab.config.loading import load_recipe
+
+    overrides = [f"data.path={_sky(tmp_path)}", "data.split.validation=0.25", "data.split.test=0.0",
+                 "data.max_length=64", f"model.name={model_dir}", "model.precision=fp32", f"method.name={method}",
+                 "train.objective=preference", "train.max_steps=6", "train.batch_size=6", "train.lr=0.02",
+                 "train.warmup_ratio=0.0", "train.scheduler=constant", "train.log_every=1",
+                 f"preference.loss={loss}", f"output.dir={tmp_path / 'runs'}", f"output.name={loss}-{method}"]
+    overrides += [f"train.{k}={v}" for k, v in train.items()]
+    return load_recipe(None, overrides)
+
+
+def _train(recipe) -> Path:
+    from tunelab import pipeline
+
+    return pipeline.train(recipe, "pref")
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("loss", "method"), [("sigmoid", "lora"), ("ipo", "full"), ("hinge", "lora"),
+                                              ("orpo", "lora"), ("simpo", "lora"), ("kto", "lora")])
+def test_objective_learns_the_preference(tmp_path, tiny_model_dir, loss, method):
+    run = _train(_recipe(tmp_path, tiny_model_dir, loss, method))
+    train = [r for r in _rows(run) if "loss" in r]
+    assert len(train) == 6 and all(k in train[0] for k in ("rewards_chosen", "rewards_rejected", "reward_margin"))
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert train[-1]["reward_margin"] > train[0]["reward_margin"]
+    val = [r for r in _rows(run) if "val_loss" in r]
+    assert val[0]["step"] == 0 and val[-1]["step"] == 6 and "val_reward_margin" in val[-1]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["real_tokens"] > 0 and summary["loss"] == loss
+    artifact = run / ("model" if method == "full" else "adapter")
+    assert (artifact / ("model.safetensors" if method == "full" else "adapter_model.safetensors")).is_file()
+    if method != "full":  # TRL's frozen 'ref' adapter is the reference, not part of the result
+        assert not (artifact / "ref").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["objective"] == "preference" and manifest["preference"]["loss"] == loss
+
+
+def test_evaluation_before_and_after(tmp_path, tiny_model_dir):
+    from tunelab import pipeline
+
+    run = _train(_recipe(tmp_path, tiny_model_dir, "sigmoid", eval_every=3))
+    assert [r["step"] for r in _rows(run) if "val_loss" in r] == [0, 3, 6]
+    result = pipeline.evaluate(run)
+    assert result["task"] == "preference" and result["split"] == "validation" and result["n"] > 0
+    assert result["base"]["reward_accuracy"] == 0.5  # the untrained policy is the reference: every reward is 0
+    assert result["tuned"]["reward_accuracy"] > 0.5 and result["tuned"]["reward_margin"] > 0
+    assert result["tuned"]["logp_accuracy"] >= result["base"]["logp_accuracy"]
+    assert json.loads((run / "eval" / "metrics.json").read_text())["tuned"] == result["tuned"]
+    html, _ = pipeline.build_report(run)
+    assert html.is_file()
+
+
+def test_answer_only_scoring_gives_the_same_log_probs(tiny_model):
+    import torch
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.recipes.preference import _score_answers_only
+
+    add_fused_lm_head(tiny_model, outputs=("log_probs",))
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (3, 20))
+    labels, attention = ids.clone(), torch.ones_like(ids)
+    labels[:, :12] = -100  # the prompt
+    labels[2, 15:], attention[2, 15:] = -100, 0  # padding
+    full = tiny_model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True).log_probs
+    with _score_answers_only():
+        assert trl_utils._use_triton(torch.device("cpu"))
+        compact = tiny_model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True).log_probs
+    assert not trl_utils._use_triton(torch.device("cpu"))  # restored
+    assert torch.allclose(full, compact)
+
+
+# ---------------------------------------------------------------------------------------- bad recipes
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["preference.loss=orpo", "preference.reference=copy"], "uses no reference model"),
+    (["preference.loss=sigmoid", "preference.reference=none"], "needs a reference policy"),
+    (["preference.reference_model=x"], "only with preference.reference=copy"),
+    (["data.format=pairs", "train.objective=sft"], "is preference data"),
+])
+def test_bad_preference_settings(overrides, message):
+    from tunelab.config.loading import load_recipe
+
+    with pytest.raises(TunelabError, match=message):
+        load_recipe(None, ["data.path=x.jsonl", "train.objective=preference", *overrides])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["method.name=full", "preference.reference=peft"], "needs a LoRA/IA3 adapter"),
+    (["preference.loss=kto", "train.batch_size=1"], "KL term"),
+    (["train.save_every=5"], "resumable checkpoints"),
+    (["train.early_stopping_patience=2"], "early_stopping_patience"),
+])
+def test_preflight_refuses_impossible_combinations(tmp_path, tiny_model_dir, overrides, message):
+    from tunelab.config.loading import load_recipe
+    from tunelab.recipes.preference import PreferenceRecipe
+
+    recipe = load_recipe(None, [f"data.path={_sky(tmp_path)}", f"model.name={tiny_model_dir}",
+                                "train.objective=preference", *overrides])
+    with pytest.raises(TunelabError, match=message):
+        PreferenceRecipe.preflight(recipe)
+
+
+def test_unpaired_data_needs_kto_and_reference_tokenizer_must_match(tmp_path, tiny_model_dir, tokenizer):
+    from tunelab.config.loading import load_recipe
+    from tunelab.recipes.preference import PreferenceRecipe
+    from tunelab.recipes.preference_eval import prepare_preference
+
+    unpaired = _write(tmp_path, [{"prompt": "Sky?", "completion": "blue", "label": True}] * 4, "u.jsonl")
+    spec = load_recipe(None, [f"data.path={unpaired}", "train.objective=preference"]).data
+    with pytest.raises(TunelabError, match="this loss needs pairs"):
+        prepare_preference(spec, tokenizer)
+    assert prepare_preference(spec, tokenizer, unpaired=True).encoded["train"][0]["label"] is True
+    other = tmp_path / "other-tok"
+    tokenizer.save_pretrained(other)
+    vocab = json.loads((other / "tokenizer.json").read_text())
+    vocab["model"]["vocab"]["zzz-extra"] = len(vocab["model"]["vocab"]) + 10
+    (other / "tokenizer.json").write_text(json.dumps(vocab))
+    for f in tiny_model_dir.iterdir():
+        if f.suffix in (".safetensors",) or f.name in ("config.json", "generation_config.json"):
+            (other / f.name).write_bytes(f.read_bytes())
+    recipe = load_recipe(None, [f"data.path={_sky(tmp_path)}", f"model.name={tiny_model_dir}",
+                                "train.objective=preference", "preference.reference=copy",
+                                f"preference.reference_model={other}", f"output.dir={tmp_path}"])
+    r = PreferenceRecipe(recipe, tmp_path / "run")
+    r.tokenizer = tokenizer
+    with pytest.raises(TunelabError, match="different tokenizer"):
+        r._load_reference()
+
+
+# ------------------------------------------------------------------------------------------- feedback
+
+
+def _feedback(tmp_path: Path) -> Path:
+    rows = [
+        {"id": "f1", "timestamp": "2026-01-01T10:00:00Z", "model": "runs/a", "prompt": "Capital of France?",
+         "response": "Paris.", "rating": 1},
+        {"id": "f2", "model": "runs/a", "prompt": [{"role": "user", "content": "Capital of France?"}],
+         "response": "Lyon, write to me at jane.doe@example.com", "rating": -1},
+        {"id": "f3", "model": "runs/a", "prompt": "Capital of France?", "response": "Paris.", "rating": 1},
+        {"id": "f4", "prompt": "2+2?", "response": "4", "rating": 1},
+        {"id": "f5", "prompt": "2+2?", "response": "5", "rating": "down"},
+        {"id": "f6", "prompt": "2+2?", "response": "5", "rating": "up"},
+        {"id": "f7", "prompt": "Hi", "response": "Hello!", "rating": 1},
+        {"id": "f8", "prompt": "Name a colour", "chosen": "Blue.", "rejected": "Seven."},
+        {"id": "f9", "prompt": "Name a colour", "response": "Blue.", "rating": 7},
+        {"id": "f10", "response": "x", "rating": 1},
+    ]
+    return _write(tmp_path, rows, "feedback.jsonl")
+
+
+def test_feedback_to_pairs_round_trip(tmp_path):
+    from tunelab.data.feedback import feedback_to_dataset
+
+    out = tmp_path / "prefs"
+    manifest = feedback_to_dataset(_feedback(tmp_path), out)
+    assert manifest["rows_in"] == 10 and manifest["format"] == "pairs"
+    steps = {s["step"]: s for s in manifest["steps"]}
+    assert steps["pii"]["details"] == {"EMAIL": 1} and steps["dedup"]["rejected"] == 1
+    assert steps["conflicts"]["rejected"] == 2
+    reasons = {json.loads(line)["where"].rsplit(":", 1)[1]: json.loads(line)["reason"]
+               for line in (out / "rejects.jsonl").read_text().splitlines()}
+    assert reasons["3"] == "duplicate feedback (of " + str(tmp_path / "feedback.jsonl") + ":1)"
+    assert reasons["5"].startswith("conflicting ratings") and reasons["6"].startswith("conflicting ratings")
+    assert reasons["4"] == "no answer with the opposite rating for this prompt"
+    assert reasons["7"] == "no answer with the opposite rating for this prompt"
+    assert reasons["9"].startswith("unknown rating (7") and reasons["10"] == "missing field 'prompt'"
+    pairs, rejects = read_pairs(out, _spec(out))  # the folder reads back as a dataset
+    assert not rejects and [(p.chosen, p.rejected) for p in pairs] == [("Blue.", "Seven."), ("Paris.", "Lyon, write "
+                                                                                          "to me at <EMAIL>")]
+    assert pairs[1].raw["source"][0]["id"] == "f1" and pairs[1].raw["source"][1]["model"] == "runs/a"
+
+
+def test_feedback_to_kto_and_stars(tmp_path):
+    from tunelab.data.feedback import feedback_to_dataset
+
+    out = tmp_path / "kto"
+    feedback_to_dataset(_feedback(tmp_path), out, to="kto")
+    rows, _ = read_unpaired(out, _spec(out))
+    assert [(u.completion, u.label) for u in rows][:3] == [("Paris.", True), ("Lyon, write to me at <EMAIL>", False),
+                                                          ("4", True)]
+    stars = _write(tmp_path, [{"prompt": "Q", "response": f"answer {i}", "rating": i} for i in range(1, 6)], "s.jsonl")
+    manifest = feedback_to_dataset(stars, tmp_path / "stars")
+    assert manifest["rows_out"] == 4  # 2 good (4, 5 stars) x 2 bad (1, 2 stars); 3 stars is neutral
+    assert "neutral rating (3 of 5 stars)" in (tmp_path / "stars" / "rejects.jsonl").read_text()
+    with pytest.raises(TunelabError, match="not empty"):
+        feedback_to_dataset(stars, tmp_path / "stars")
+
+
+def test_cli_from_feedback_and_report(tmp_path, capsys):
+    from tunelab.cli.main import main
+
+    assert main(["data", "from-feedback", str(_feedback(tmp_path)), "-o", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "manifest.json").is_file()
+    assert main(["data", "from-feedback", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x")]) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n", encoding="utf-8")
+    assert main(["data", "from-feedback", str(bad), "-o", str(tmp_path / "y")]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
+    only_good = _write(tmp_path, [{"prompt": "Q", "response": "A", "rating": 1}], "good.jsonl")
+    assert main(["data", "from-feedback", str(only_good), "-o", str(tmp_path / "z")]) == 2
+    rows = [{"prompt": f"q{i}", "chosen": "long answer " * 5, "rejected": "short"} for i in range(25)]
+    rows.append({"prompt": "q", "chosen": "same", "rejected": "same"})
+    prefs = _write(tmp_path, rows, "prefs.jsonl")
+    assert main(["data", "report", str(prefs), "-o", str(tmp_path / "rep"), "--model", ""]) == 0
+    report = json.loads((tmp_path / "rep" / "data_report.json").read_text())
+    assert report["pairs"]["chosen_longer"] == 1.0 and report["pairs"]["identical_sides"] == 1
+    assert {"Length bias", "Unusable pairs"} <= {f["title"] for f in report["findings"]}
+    assert main(["data", "report", str(prefs), "-o", str(tmp_path / "rep2"), "--model", "", "format=hh"]) == 0

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from tunelab.config.specs import DataSpec
 from tunelab.data.preference import PairExample
 from tunelab.data.records import Reject, reason_key
 
-__all__ = ["LENGTH_BIAS", "pair_findings", "pair_stats"]
+__all__ = ["LENGTH_BIAS", "pair_findings", "pair_stats", "report_preference_file"]
 
 
 def pair_stats(pairs: Sequence[PairExample], rejects: Sequence[Reject] = ()) -> dict[str, Any]:
@@ -62,3 +64,39 @@ def pair_findings(stats: dict[str, Any]) -> list[dict[str, str]]:
                           "action": "balance lengths, or use preference.loss=simpo/ipo (length-normalised) and "
                           "watch answer length after training"})
     return found
+
+
+def report_preference_file(spec: DataSpec, out_dir: str | Path, eval_files: list[str] | None = None,
+                           model: str | None = "smollm2-135m-instruct") -> tuple[dict[str, Any], Path] | None:
+    """`tunelab data report` for preference data; None when spec.path is not preference data.
+
+    The general sections (lengths, duplicates, PII, languages, ...) measure each pair's chosen conversation
+    (prompt + chosen answer; a pair's two answers would otherwise count as inconsistent answers); ``pairs``
+    adds the pair statistics and their findings. Unpaired rows are measured as their conversations.
+    """
+    from tunelab.data.audit import add_pair_stats, audit_examples, write_audit
+    from tunelab.data.pipeline import eval_file_texts, resolve_data_path
+    from tunelab.data.preference import looks_like_preference, read_preference
+    from tunelab.data.readers import file_sha256, read_records
+    from tunelab.data.records import Example
+
+    src = resolve_data_path(spec.path)
+    head = read_records(src, delimiter=spec.delimiter, encoding=spec.encoding, skipped=[])[:20]
+    if not looks_like_preference(head, spec):
+        return None
+    data = read_preference(src, spec)
+    rows = data.pairs or data.unpaired
+    examples = [Example(messages=[*r.prompt, {"role": "assistant", "content": getattr(r, "chosen", None)
+                                              or r.completion}], text=None, where=r.where, raw=r.raw) for r in rows]
+    tokenizer = None
+    if model:
+        from tunelab.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    source = {"path": str(src), "sha256": file_sha256(src), "format": data.format, "model": model}
+    report = audit_examples(examples, data.rejects, tokenizer=tokenizer, max_length=spec.max_length,
+                            eval_texts=eval_file_texts(eval_files, spec) if eval_files else None, source=source)
+    if data.paired:
+        add_pair_stats(report, pair_stats(data.pairs, data.rejects))
+    _, html = write_audit(report, Path(out_dir))
+    return report, html
