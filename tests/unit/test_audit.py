@@ -205,7 +205,7 @@ def test_near_same_prompts_with_different_answers_are_a_finding():
     assert [e["answer"] for e in group] == [_NEAR[0][1], _NEAR[1][1]]
     assert group[0]["similarity"] == 1.0 and 0.9 < group[1]["similarity"] < 1.0
     [finding] = [f for f in r["findings"] if f["title"] == "Inconsistent answers"]
-    assert finding["severity"] == "medium" and "1 groups of near-same prompts have different answers (2 rows)" in \
+    assert finding["severity"] == "medium" and "1 group of near-same prompts has different answers (2 rows)" in \
         finding["detail"]
     page = render_audit_html(r)
     assert "near-same prompts" in page and "It happens in the mitochondria at night." in page
