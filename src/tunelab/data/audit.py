@@ -31,7 +31,10 @@ rejected at read            > 5% of rows rejected (any: info)           medium
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -42,7 +45,7 @@ import numpy as np
 from tunelab.data.curate import example_text
 from tunelab.data.records import Example, Reject, reason_key
 
-__all__ = ["THRESHOLDS", "audit_examples", "write_audit"]
+__all__ = ["THRESHOLDS", "add_pair_stats", "audit_examples", "write_audit"]
 
 THRESHOLDS: dict[str, float] = {
     "duplicates": 0.01,  # fraction of rows a dedup would remove
@@ -59,6 +62,8 @@ _SNIPPET = 300  # characters kept per example text
 _TOP = 20  # top words / n-grams
 _BINS = 20  # histogram bins
 _TOKEN_BATCH = 512
+_EVAL_BATCH = 8192  # rows per evaluation-overlap lookup
+_VOCAB_MAX_DISTINCT = (2_000_000, 1_000_000, 1_000_000)  # words, bigrams, trigrams counted exactly (16 B each)
 _LABEL_MAX_CLASSES, _LABEL_MAX_WORDS = 30, 4
 _TEMPLATE_MIN_PROMPTS = 20  # with this many distinct prompts, a prefix/suffix they all share is a template
 _ROLES = ("system", "user", "assistant")
@@ -90,28 +95,50 @@ def _ranked(counter: Counter, limit: int | None = None) -> dict[str, int]:
     return {str(k): int(v) for k, v in items[:limit]}
 
 
-def _track(items: Sequence[Any], what: str, progress: bool) -> Iterator[Any]:
-    """Iterate `items`, with a rich progress bar when asked."""
+def _track(items: Iterable[Any], what: str, progress: bool) -> Iterator[Any]:
+    """Iterate `items`, with a rich progress bar when asked (over len(items) for a list)."""
     if not progress:
         yield from items
         return
     from tunelab.training.progress import task_progress
 
     with task_progress() as bar:
-        task = bar.add_task(what, total=len(items))
+        task = bar.add_task(what, total=len(items) if isinstance(items, (list, tuple)) else None)
         for item in items:
             yield item
             bar.advance(task)
 
 
-def _stats(values: Sequence[float]) -> dict[str, Any] | None:
-    """min/mean/p50/p95/max and a histogram (``edges`` has one more value than ``counts``)."""
-    if not values:
+def _percentile(values: np.ndarray, cumulative: np.ndarray, pct: float) -> float:
+    """``np.percentile`` (method 'linear') of the sample that holds values[j] cumulative[j] - cumulative[j-1]
+    times, computed as numpy does (same float operations) without expanding the sample."""
+    n = int(cumulative[-1])
+    virtual = (n - 1) * (pct / 100)
+    if virtual >= n - 1:
+        return float(values[-1])
+    lo = math.floor(virtual)
+    a, b = (float(values[np.searchsorted(cumulative, k, "right")]) for k in (lo, lo + 1))
+    t, diff = virtual - lo, b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+
+
+def _stats(values: Counter | Sequence[int]) -> dict[str, Any] | None:
+    """min/mean/p50/p95/max and a histogram (``edges`` has one more value than ``counts``) of integer values,
+    from a Counter (value -> how many times): numpy's numbers for the expanded sample, in memory that grows
+    with the distinct values only."""
+    counter = values if isinstance(values, Counter) else Counter(values)
+    if not counter:
         return None
-    a = np.asarray(values, dtype=np.float64)
-    counts, edges = np.histogram(a, bins=min(_BINS, max(1, len(np.unique(a)))))
-    return {"count": int(a.size), "min": _r(a.min()), "mean": _r(a.mean()), "p50": _r(np.percentile(a, 50)),
-            "p95": _r(np.percentile(a, 95)), "max": _r(a.max()),
+    keys = sorted(counter)
+    vals = np.array(keys, dtype=np.float64)
+    weights = np.array([counter[k] for k in keys], dtype=np.int64)
+    cumulative = np.cumsum(weights)
+    n = int(cumulative[-1])
+    # int weights keep int counts; the bins are those of the expanded sample (same min, max and bin count).
+    counts, edges = np.histogram(vals, bins=min(_BINS, len(keys)), weights=weights)
+    mean = float(sum(k * counter[k] for k in keys)) / n  # exact integer sum, as numpy's float sum of integers
+    return {"count": n, "min": _r(vals[0]), "mean": _r(mean), "p50": _r(_percentile(vals, cumulative, 50)),
+            "p95": _r(_percentile(vals, cumulative, 95)), "max": _r(vals[-1]),
             "histogram": {"edges": [_r(e) for e in edges], "counts": counts.tolist()}}
 
 
@@ -124,61 +151,87 @@ def _final_prompt(ex: Example) -> str | None:
     return users[-1] if users else None
 
 
-def _answers(examples: list[Example]) -> list[tuple[int, str]]:
-    """(index, final assistant answer) of the examples that have one."""
-    return [(i, ex.reference) for i, ex in enumerate(examples) if ex.reference is not None]
-
-
 def _norm(text: str) -> str:
     from tunelab.data.dedup import normalize_for_hash
 
     return normalize_for_hash(text)
 
 
+def _turns_of(ex: Example) -> list[tuple[str, str]]:
+    """(role, text) of every turn; ``("text", text)`` for plain text."""
+    return [("text", ex.text)] if ex.text is not None else [(m["role"], m["content"]) for m in ex.messages]
+
+
 # ------------------------------------------------------------------------------------------------ sections
+#
+# Each section sees the rows once, in order (`add`), keeping counters, histograms of lengths, the first few
+# examples and hashes, never the rows; `result` may look rows up again by index (`examples[i]`) or make one
+# more pass. So a report over a file larger than memory (`tunelab.data.stream.SpooledExamples`) needs
+# memory for that state only, and a list of examples gives the same numbers.
 
 
-def _counts(examples: list[Example], rejects: list[Reject], source: dict) -> dict[str, Any]:
-    fmt = source.get("format") or ("text" if any(ex.text is not None for ex in examples) else "chat")
-    return {"rows": len(examples) + len(rejects), "usable": len(examples), "rejected": len(rejects),
-            "rejected_by_reason": _ranked(Counter(reason_key(r.reason) for r in rejects)), "format": fmt}
+def _counts(usable: int, any_text: bool, rejects: Iterable[Reject], source: dict) -> dict[str, Any]:
+    fmt = source.get("format") or ("text" if any_text else "chat")
+    reasons = Counter(reason_key(r.reason) for r in rejects)
+    rejected = sum(reasons.values())
+    return {"rows": usable + rejected, "usable": usable, "rejected": rejected,
+            "rejected_by_reason": _ranked(reasons), "format": fmt}
 
 
-def _token_lengths(examples: list[Example], tokenizer, progress: bool) -> list[int]:
-    """Tokens of each example's full chat-template rendering (the text itself for plain text)."""
-    texts = [ex.text if ex.text is not None else tokenizer.apply_chat_template(ex.messages, tokenize=False)
-             for ex in examples]
-    batches = [texts[i:i + _TOKEN_BATCH] for i in range(0, len(texts), _TOKEN_BATCH)]
-    out: list[int] = []
-    for batch in _track(batches, "tokenizing", progress):
-        out += [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
-    return out
+class _Lengths:
+    """Characters per role, chat-template tokens per row (tokenized in batches) and truncation."""
+
+    def __init__(self, tokenizer, max_length: int | None):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.chars: dict[str, Counter] = {role: Counter() for role in (*_ROLES, "text")}
+        self.tokens: Counter = Counter()
+        self._batch: list[str] = []
+
+    def add(self, i: int, ex: Example) -> None:
+        if ex.text is not None:
+            self.chars["text"][len(ex.text)] += 1
+        for m in ex.messages:
+            if m.get("role") in _ROLES:
+                self.chars[m["role"]][len(m["content"])] += 1
+        if self.tokenizer is not None:
+            self._batch.append(ex.text if ex.text is not None
+                               else self.tokenizer.apply_chat_template(ex.messages, tokenize=False))
+            if len(self._batch) >= _TOKEN_BATCH:
+                self._tokenize()
+
+    def _tokenize(self) -> None:
+        if self._batch:
+            self.tokens.update(len(ids) for ids in self.tokenizer(self._batch, add_special_tokens=False)["input_ids"])
+            self._batch = []
+
+    def result(self) -> dict[str, Any]:
+        chars = {role: _stats(c) for role, c in self.chars.items() if c}
+        if self.tokenizer is None or not self.tokens and not self._batch:
+            return {"chars": chars, "tokens": None, "truncation": None}
+        self._tokenize()
+        truncation = None
+        if self.max_length:
+            n = sum(self.tokens.values())
+            over = sum(c for k, c in self.tokens.items() if k > self.max_length)
+            truncation = {"max_length": self.max_length, "count": over, "fraction": _r(over / n)}
+        return {"chars": chars, "tokens": _stats(self.tokens), "truncation": truncation}
 
 
-def _lengths(examples: list[Example], tokenizer, max_length: int | None, progress: bool) -> dict[str, Any]:
-    chars: dict[str, Any] = {}
-    for role in (*_ROLES, "text"):
-        if role == "text":
-            values = [len(ex.text) for ex in examples if ex.text is not None]
-        else:
-            values = [len(c) for ex in examples for c in _role_texts(ex, role)]
-        if values:
-            chars[role] = _stats(values)
-    tokens = _token_lengths(examples, tokenizer, progress) if tokenizer is not None and examples else None
-    truncation = None
-    if tokens is not None and max_length:
-        over = sum(n > max_length for n in tokens)
-        truncation = {"max_length": max_length, "count": over, "fraction": _r(over / len(tokens))}
-    return {"chars": chars, "tokens": _stats(tokens) if tokens else None, "truncation": truncation}
+class _Turns:
+    def __init__(self) -> None:
+        self.turns: Counter = Counter()
+        self.with_system = 0
 
+    def add(self, i: int, ex: Example) -> None:
+        if ex.messages:
+            self.turns[sum(m.get("role") in ("user", "assistant") for m in ex.messages)] += 1
+        self.with_system += any(m.get("role") == "system" for m in ex.messages)
 
-def _turns(examples: list[Example]) -> dict[str, Any] | None:
-    turns = [sum(m.get("role") in ("user", "assistant") for m in ex.messages) for ex in examples if ex.messages]
-    if not turns:
-        return None
-    dist = Counter(turns)
-    return {"distribution": {str(k): dist[k] for k in sorted(dist)}, "stats": _stats(turns),
-            "with_system": sum(bool(_role_texts(ex, "system")) for ex in examples)}
+    def result(self) -> dict[str, Any] | None:
+        if not self.turns:
+            return None
+        return {"distribution": {str(k): self.turns[k] for k in sorted(self.turns)}, "stats": _stats(self.turns),
+                "with_system": self.with_system}
 
 
 def _words(text: str) -> list[str]:
@@ -187,20 +240,65 @@ def _words(text: str) -> list[str]:
     return [w for w in (t.strip(_PUNCT).lower() for t in words(text)) if any(c.isalpha() for c in w)]
 
 
-def _top_ngrams(tokens: list[list[str]], n: int) -> dict[str, int]:
-    grams = Counter(" ".join(g) for toks in tokens for g in zip(*(toks[i:] for i in range(n)), strict=False)
-                    if not all(w in _STOP_WORDS for w in g))
-    return _ranked(grams, _TOP)
+def _vocab_keys(text: str) -> tuple[list[str], list[str], list[str]]:
+    """Words, bigrams and trigrams of a text; n-grams made only of stop words are left out."""
+    toks = _words(text)
+    grams = [[" ".join(g) for g in zip(*(toks[i:] for i in range(n)), strict=False)
+              if not all(w in _STOP_WORDS for w in g)] for n in (2, 3)]
+    return toks, grams[0], grams[1]
 
 
-def _vocabulary(examples: list[Example]) -> dict[str, Any]:
-    texts = [a for _, a in _answers(examples)] or [ex.text for ex in examples if ex.text is not None]
-    tokens = [_words(t) for t in texts]
-    counts = Counter(w for toks in tokens for w in toks)
-    return {"of": "assistant" if any(ex.messages for ex in examples) else "text", "words": sum(counts.values()),
-            "distinct_words": len(counts),
-            "top_words": _ranked(Counter({w: c for w, c in counts.items() if w not in _STOP_WORDS}), _TOP),
-            "top_bigrams": _top_ngrams(tokens, 2), "top_trigrams": _top_ngrams(tokens, 3)}
+class _Vocabulary:
+    """Words and n-grams of the final answers (of the texts, when no row has an answer), counted exactly by
+    hash (`tunelab.data.stream.TopCounts`); a second pass finds the top keys' strings when there are many."""
+
+    def __init__(self) -> None:
+        from tunelab.data.stream import TopCounts
+
+        # Distinct words stay exact up to 2M; n-gram tables are cut to their frequent half past 1M keys.
+        self.of_answers = [TopCounts(max_distinct=m) for m in _VOCAB_MAX_DISTINCT]
+        self.of_texts = [TopCounts(max_distinct=m) for m in _VOCAB_MAX_DISTINCT]
+        self.any_answer = self.any_messages = False
+
+    @staticmethod
+    def _source(ex: Example, answers: bool) -> str | None:
+        return ex.reference if answers else ex.text
+
+    def add(self, i: int, ex: Example) -> None:
+        self.any_messages |= bool(ex.messages)
+        for answers, counters in ((True, self.of_answers), (False, self.of_texts)):
+            text = self._source(ex, answers)
+            if text is not None:
+                self.any_answer |= answers
+                for counter, keys in zip(counters, _vocab_keys(text), strict=True):
+                    counter.add(keys)
+
+    def result(self, examples: Iterable[Example]) -> dict[str, Any]:
+        counters = self.of_answers if self.any_answer else self.of_texts
+        exclude = (_STOP_WORDS, (), ())
+        tops = [c.top(_TOP, ex) for c, ex in zip(counters, exclude, strict=True)]
+        if None in tops:  # more distinct keys than strings kept: one more pass for the candidates' strings
+            for c, ex in zip(counters, exclude, strict=True):
+                c.begin_recovery(_TOP, ex)
+            pending: list[list[str]] = [[], [], []]
+            for row in examples:
+                text = self._source(row, self.any_answer)
+                for buffer, keys in zip(pending, _vocab_keys(text) if text is not None else (), strict=False):
+                    buffer += keys
+                if len(pending[0]) >= 1 << 16:  # recover in batches: each call is a few numpy operations
+                    for counter, buffer in zip(counters, pending, strict=True):
+                        counter.recover(buffer)
+                    pending = [[], [], []]
+            for counter, buffer in zip(counters, pending, strict=True):
+                counter.recover(buffer)
+            tops = [c.top(_TOP, ex) for c, ex in zip(counters, exclude, strict=True)]
+        words = counters[0]
+        out = {"of": "assistant" if self.any_messages else "text", "words": words.total,
+               "distinct_words": words.distinct, "top_words": tops[0], "top_bigrams": tops[1],
+               "top_trigrams": tops[2]}
+        if not all(c.exact for c in counters):  # only past millions of distinct n-grams
+            out["approximate"] = True
+        return out
 
 
 def _language(text: str) -> str:
@@ -210,28 +308,49 @@ def _language(text: str) -> str:
     return code if prob >= THRESHOLDS["language_confidence"] else "uncertain"
 
 
-def _languages(examples: list[Example], progress: bool) -> dict[str, dict[str, int]]:
+class _Languages:
     """Language per row of its user turns and of its assistant turns (or of its text)."""
-    mix: dict[str, Counter] = defaultdict(Counter)
-    for ex in _track(examples, "detecting languages", progress):
+
+    def __init__(self) -> None:
+        self.mix: dict[str, Counter] = defaultdict(Counter)
+
+    def add(self, i: int, ex: Example) -> None:
         parts = {"text": [ex.text]} if ex.text is not None else {r: _role_texts(ex, r) for r in ("user", "assistant")}
         for role, texts in parts.items():
             if any(t.strip() for t in texts):
-                mix[role][_language("\n".join(texts))] += 1
-    return {role: _ranked(c) for role, c in sorted(mix.items())}
+                self.mix[role][_language("\n".join(texts))] += 1
+
+    def result(self) -> dict[str, dict[str, int]]:
+        return {role: _ranked(c) for role, c in sorted(self.mix.items())}
 
 
-def _duplicates(examples: list[Example], texts: list[str], progress: bool) -> dict[str, Any]:
-    from tunelab.data.dedup import dedup_plan
+class _Duplicates:
+    """Exact and near duplicates as `tunelab.data.dedup.dedup_plan` finds them (`DedupIndex`: ~150 bytes a
+    row in memory, the signatures on disk in `workdir`)."""
 
-    plan = dedup_plan(texts, progress=progress)
-    reasons = Counter(reason.split(" ", 1)[0] for _, reason in plan.dropped.values())
-    largest = sorted(plan.clusters, key=lambda c: (-len(c), c[0]))[:_EXAMPLES]
-    return {"exact": reasons.get("exact", 0), "near": reasons.get("near", 0), "removable": len(plan.dropped),
-            "fraction": _r(len(plan.dropped) / len(texts)) if texts else 0.0, "clusters": len(plan.clusters),
-            "rows_in_clusters": sum(len(c) for c in plan.clusters),
-            "largest": [{"size": len(c), "examples": [{"where": examples[i].where, "text": _cut(texts[i])}
-                                                      for i in c[:3]]} for c in largest]}
+    def __init__(self, workdir: Path) -> None:
+        from tunelab.data.dedup import MinHashParams
+        from tunelab.data.stream import DedupIndex
+
+        self.index = DedupIndex(MinHashParams(), workdir)
+
+    def add(self, i: int, ex: Example) -> None:
+        self.index.add(example_text(ex))
+
+    def result(self, examples: Sequence[Example]) -> dict[str, Any]:
+        n = len(self.index)
+        plan = self.index.plan()
+        removable, exact = len(plan.dropped), int(plan.exact.sum())
+
+        def shown(i: int) -> dict[str, str]:
+            ex = examples[i]
+            return {"where": ex.where, "text": _cut(example_text(ex))}
+
+        return {"exact": exact, "near": removable - exact, "removable": removable,
+                "fraction": _r(removable / n) if n else 0.0, "clusters": plan.n_clusters,
+                "rows_in_clusters": len(plan.nodes),
+                "largest": [{"size": len(c), "examples": [shown(i) for i in c[:3]]}
+                            for c in plan.clusters(largest=_EXAMPLES)]}
 
 
 def _pii_context(text: str, first_type: str) -> str:
@@ -244,133 +363,262 @@ def _pii_context(text: str, first_type: str) -> str:
     return ("…" if start else "") + _cut(red[start:])
 
 
-def _pii(examples: list[Example], progress: bool) -> dict[str, Any]:
-    from tunelab.data.pii import find_pii
+class _Pii:
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.rows, self.shown = 0, []
 
-    counts: Counter = Counter()
-    rows, shown = 0, []
-    for ex in _track(examples, "scanning for PII", progress):
-        hits = [(t, m) for t in ([ex.text] if ex.text is not None else [m["content"] for m in ex.messages])
-                for m in find_pii(t)]
-        rows += bool(hits)
-        counts.update(m.type for _, m in hits)
-        if hits and len(shown) < _EXAMPLES:
+    def add(self, i: int, ex: Example) -> None:
+        from tunelab.data.pii import find_pii
+
+        hits = [(t, m) for _, t in _turns_of(ex) for m in find_pii(t)]
+        self.rows += bool(hits)
+        self.counts.update(m.type for _, m in hits)
+        if hits and len(self.shown) < _EXAMPLES:
             text, first = hits[0]
-            shown.append({"where": ex.where, "types": sorted({m.type for _, m in hits}),
-                          "context": _pii_context(text, first.type)})
-    return {"matches": sum(counts.values()), "by_type": _ranked(counts), "rows": rows, "examples": shown}
+            self.shown.append({"where": ex.where, "types": sorted({m.type for _, m in hits}),
+                               "context": _pii_context(text, first.type)})
+
+    def result(self) -> dict[str, Any]:
+        return {"matches": sum(self.counts.values()), "by_type": _ranked(self.counts), "rows": self.rows,
+                "examples": self.shown}
 
 
-def _labels(examples: list[Example]) -> dict[str, Any] | None:
+class _Labels:
     """Class balance when the final answers look like labels: ≤ 30 distinct values, each ≤ 4 words, and
     each value used twice on average (so that a few short free-form answers are not taken for labels)."""
-    answers = [a.strip() for _, a in _answers(examples) if a.strip()]
-    counts = Counter(answers)
-    if not answers or len(counts) > _LABEL_MAX_CLASSES or len(answers) < 2 * len(counts):
-        return None
-    if any(len(a.split()) > _LABEL_MAX_WORDS for a in counts):
-        return None
-    ranked = _ranked(counts)
-    values = list(ranked.values())
-    return {"classes": len(ranked), "counts": ranked,
-            "fractions": {k: _r(v / len(answers)) for k, v in ranked.items()},
-            "imbalance_ratio": _r(values[0] / values[-1])}
+
+    def __init__(self) -> None:
+        self.counts: Counter | None = Counter()  # None once there are too many distinct answers
+        self.answers = 0
+
+    def add(self, i: int, ex: Example) -> None:
+        answer = (ex.reference or "").strip()
+        if not answer:
+            return
+        self.answers += 1
+        if self.counts is not None:
+            self.counts[answer] += 1
+            if len(self.counts) > _LABEL_MAX_CLASSES:
+                self.counts = None
+
+    def result(self) -> dict[str, Any] | None:
+        counts = self.counts
+        if not self.answers or counts is None or self.answers < 2 * len(counts):
+            return None
+        if any(len(a.split()) > _LABEL_MAX_WORDS for a in counts):
+            return None
+        ranked = _ranked(counts)
+        values = list(ranked.values())
+        return {"classes": len(ranked), "counts": ranked,
+                "fractions": {k: _r(v / self.answers) for k, v in ranked.items()},
+                "imbalance_ratio": _r(values[0] / values[-1])}
 
 
-def _refusals(examples: list[Example]) -> dict[str, Any]:
-    from tunelab.data.quality import is_refusal
+class _Refusals:
+    def __init__(self) -> None:
+        self.answers = self.count = 0
+        self.shown: list[dict[str, str]] = []
 
-    answers = _answers(examples)
-    hits = [(i, a) for i, a in answers if is_refusal(a)]
-    return {"answers": len(answers), "count": len(hits), "ratio": _r(len(hits) / len(answers)) if answers else 0.0,
-            "examples": [{"where": examples[i].where, "prompt": _cut(_final_prompt(examples[i]) or ""),
-                          "answer": _cut(a)} for i, a in hits[:_EXAMPLES]]}
+    def add(self, i: int, ex: Example) -> None:
+        from tunelab.data.quality import is_refusal
 
+        answer = ex.reference
+        if answer is None:
+            return
+        self.answers += 1
+        if is_refusal(answer):
+            self.count += 1
+            if len(self.shown) < _EXAMPLES:
+                self.shown.append({"where": ex.where, "prompt": _cut(_final_prompt(ex) or ""), "answer": _cut(answer)})
 
-def _degenerate(examples: list[Example]) -> dict[str, Any]:
-    from tunelab.data.quality import is_degenerate
-
-    by_reason: Counter = Counter()
-    rows, shown = 0, []
-    for ex in examples:
-        turns = [("text", ex.text)] if ex.text is not None else [(m["role"], m["content"]) for m in ex.messages]
-        found = [(role, text, why) for role, text in turns for why in [is_degenerate(text)] if why]
-        rows += bool(found)
-        by_reason.update(reason_key(why) for _, _, why in found)
-        shown += [{"where": ex.where, "role": role, "reason": why, "text": _cut(text)}
-                  for role, text, why in found][:max(0, _EXAMPLES - len(shown))]
-    return {"turns": sum(by_reason.values()), "rows": rows, "by_reason": _ranked(by_reason), "examples": shown}
+    def result(self) -> dict[str, Any]:
+        return {"answers": self.answers, "count": self.count,
+                "ratio": _r(self.count / self.answers) if self.answers else 0.0, "examples": self.shown}
 
 
-def _differ(examples: list[Example], rows: Iterable[int]) -> bool:
-    return len({_norm(examples[i].reference) for i in rows}) > 1
+class _Degenerate:
+    def __init__(self) -> None:
+        self.by_reason: Counter = Counter()
+        self.rows, self.shown = 0, []
+
+    def add(self, i: int, ex: Example) -> None:
+        from tunelab.data.quality import is_degenerate
+
+        found = [(role, text, why) for role, text in _turns_of(ex) for why in [is_degenerate(text)] if why]
+        self.rows += bool(found)
+        self.by_reason.update(reason_key(why) for _, _, why in found)
+        self.shown += [{"where": ex.where, "role": role, "reason": why, "text": _cut(text)}
+                       for role, text, why in found][:max(0, _EXAMPLES - len(self.shown))]
+
+    def result(self) -> dict[str, Any]:
+        return {"turns": sum(self.by_reason.values()), "rows": self.rows, "by_reason": _ranked(self.by_reason),
+                "examples": self.shown}
 
 
-def _inconsistent(examples: list[Example], progress: bool = False) -> dict[str, Any]:
+def _key(text: str) -> int:
+    """64-bit hash of a string's UTF-8 bytes (Python's SipHash; stable within a process)."""
+    return hash(text.encode("utf-8", "surrogatepass"))
+
+
+def _common_prefix(a: str, b: str) -> str:
+    return a if b.startswith(a) else os.path.commonprefix([a, b])
+
+
+def _common_suffix(a: str, b: str) -> str:
+    return a if b.endswith(a) else os.path.commonprefix([a[::-1], b[::-1]])[::-1]
+
+
+class _Inconsistent:
     """Prompts (normalised final user turn) that appear more than once with different (normalised) answers,
-    and groups of near-same prompts with different answers (``near``)."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, ex in enumerate(examples):
-        prompt = _final_prompt(ex)
-        if prompt is not None and ex.reference is not None and _norm(prompt):
-            groups[_norm(prompt)].append(i)
-    bad = [idx for idx in groups.values() if _differ(examples, idx)]
-    shown = []
-    for idx in bad[:_EXAMPLES]:
-        answers = list(dict.fromkeys(examples[i].reference for i in idx))
-        shown.append({"prompt": _cut(_final_prompt(examples[idx[0]])), "where": [examples[i].where for i in idx],
-                      "answers": [_cut(a) for a in answers[:_EXAMPLES]]})
-    return {"prompts": len(bad), "rows": sum(len(idx) for idx in bad), "examples": shown,
-            "near": _near_inconsistent(examples, groups, progress)}
+    and groups of near-same prompts with different answers (``near``).
 
-
-def _strip_template(keys: list[str]) -> list[str]:
-    """The keys without the prefix and suffix that all of them share, once there are enough keys for that to be
-    a prompt template: its shingles would otherwise make every pair of short inputs look near-same."""
-    if len(keys) < _TEMPLATE_MIN_PROMPTS:
-        return keys
-    pre = len(os.path.commonprefix(keys))
-    suf = len(os.path.commonprefix([k[::-1] for k in keys]))
-    return [k[pre:max(pre, len(k) - suf)] for k in keys]
-
-
-def _near_inconsistent(examples: list[Example], groups: dict[str, list[int]], progress: bool) -> dict[str, Any]:
-    """Clusters of distinct near-same prompts whose rows do not all have the same (normalised) answer.
-
-    A prompt enters MinHash as one unspaced string, so `tunelab.data.dedup` shingles it in character 5-grams:
-    a changed word form or a typo in a short prompt keeps most of them, where it would change every word
-    5-gram. 32 bands of 4 rows make pairs from Jaccard ~0.6 up candidates; the threshold confirms them.
+    Per row it keeps the row number and hashes of the normalised prompt and answer (24 bytes); the prompts'
+    shared prefix and suffix are kept as strings. Rows shown as examples are looked up at the end.
     """
-    from tunelab.data.dedup import MinHashParams, jaccard, near_duplicate_clusters
 
-    keys = list(groups)
-    texts = [k.replace(" ", "") for k in _strip_template(keys)]
-    idx = [j for j, t in enumerate(texts) if t]
-    params = MinHashParams(bands=32, threshold=THRESHOLDS["near_prompt_similarity"])
-    found = []
-    for cluster in near_duplicate_clusters([texts[j] for j in idx], params, progress=progress):
-        members = [idx[c] for c in cluster]
-        rows = sorted(i for j in members for i in groups[keys[j]])
-        if _differ(examples, rows):
-            found.append((members, rows))
-    shown = []
-    for members, rows in found[:_EXAMPLES]:
-        first = texts[members[0]]
-        sim = {i: jaccard(first, texts[j], params) for j in members for i in groups[keys[j]]}
-        shown.append([{"where": examples[i].where, "prompt": _cut(_final_prompt(examples[i])),
-                       "answer": _cut(examples[i].reference), "similarity": _r(sim[i])} for i in rows[:_EXAMPLES]])
-    return {"groups": len(found), "rows": sum(len(rows) for _, rows in found), "examples": shown}
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.rows, self.prompts, self.answers = array("q"), array("q"), array("q")
+        self.prefix: str | None = None
+        self.suffix = ""
+
+    def add(self, i: int, ex: Example) -> None:
+        prompt = _final_prompt(ex)
+        if prompt is None or ex.reference is None:
+            return
+        key = _norm(prompt)
+        if not key:
+            return
+        self.rows.append(i)
+        self.prompts.append(_key(key))
+        self.answers.append(_key(_norm(ex.reference)))
+        if self.prefix is None:
+            self.prefix, self.suffix = key, key
+        else:
+            self.prefix, self.suffix = _common_prefix(self.prefix, key), _common_suffix(self.suffix, key)
+
+    def _groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows and answer hashes sorted by (prompt group, row), groups numbered by first appearance, and
+        each group's start in them (one more entry than groups)."""
+        rows, answers = np.frombuffer(self.rows, np.int64), np.frombuffer(self.answers, np.int64)
+        _, first, inverse = np.unique(np.frombuffer(self.prompts, np.int64), return_index=True, return_inverse=True)
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))
+        gid = rank[inverse.ravel()]
+        order = np.lexsort((rows, gid))
+        return rows[order], answers[order], np.r_[0, np.cumsum(np.bincount(gid, minlength=len(first)))]
+
+    def result(self, examples: Sequence[Example]) -> dict[str, Any]:
+        if not self.rows:
+            return {"prompts": 0, "rows": 0, "examples": [], "near": {"groups": 0, "rows": 0, "examples": []}}
+        rows, answers, starts = self._groups()
+        gid = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+        by_answer = np.lexsort((answers, gid))
+        new = np.r_[True, (np.diff(gid[by_answer]) != 0) | (np.diff(answers[by_answer]) != 0)]
+        bad = np.flatnonzero(np.bincount(gid[by_answer][new], minlength=len(starts) - 1) > 1)
+        shown = []
+        for g in bad[:_EXAMPLES].tolist():
+            group = [examples[i] for i in rows[starts[g]:starts[g + 1]].tolist()]
+            answers_shown = list(dict.fromkeys(ex.reference for ex in group))
+            shown.append({"prompt": _cut(_final_prompt(group[0])), "where": [ex.where for ex in group],
+                          "answers": [_cut(a) for a in answers_shown[:_EXAMPLES]]})
+        return {"prompts": len(bad), "rows": int(np.diff(starts)[bad].sum()), "examples": shown,
+                "near": self._near(examples, rows, answers, starts)}
+
+    def _text(self, ex: Example, n_keys: int) -> str:
+        """The prompt as MinHash sees it: normalised, without a template's shared prefix and suffix (once
+        there are enough distinct prompts for that to be a template: its shingles would otherwise make every
+        pair of short inputs look near-same), spaces removed."""
+        key = _norm(_final_prompt(ex))
+        if n_keys >= _TEMPLATE_MIN_PROMPTS:
+            pre = len(self.prefix)
+            key = key[pre:max(pre, len(key) - len(self.suffix))]
+        return key.replace(" ", "")
+
+    def _signatures(self, examples: Sequence[Example], firsts: list[int]) -> tuple[Any, list[int]]:
+        """MinHash of each distinct prompt (by its first row, ascending), in one more pass over the rows: the
+        template is known only now. Returns the index and the group of each of its rows (empty texts skipped)."""
+        from tunelab.data.dedup import MinHashParams
+        from tunelab.data.stream import DedupIndex
+
+        params = MinHashParams(bands=32, threshold=THRESHOLDS["near_prompt_similarity"])
+        index, groups, g = DedupIndex(params, self.workdir, exact=False), [], 0
+        if len(firsts) < 2:
+            return index, groups
+        for i, ex in enumerate(examples):
+            if i == firsts[g]:
+                if text := self._text(ex, len(firsts)):
+                    index.add(text)
+                    groups.append(g)
+                g += 1
+                if g == len(firsts):
+                    break
+        return index, groups
+
+    def _near(self, examples: Sequence[Example], rows: np.ndarray, answers: np.ndarray, starts: np.ndarray
+              ) -> dict[str, Any]:
+        """Clusters of distinct near-same prompts whose rows do not all have the same (normalised) answer.
+
+        A prompt enters MinHash as one unspaced string, so `tunelab.data.dedup` shingles it in character
+        5-grams: a changed word form or a typo in a short prompt keeps most of them, where it would change every
+        word 5-gram. 32 bands of 4 rows make pairs from Jaccard ~0.6 up candidates; the threshold confirms them.
+        """
+        from tunelab.data.dedup import jaccard
+
+        n_keys = len(starts) - 1
+        index, idx = self._signatures(examples, rows[starts[:-1]].tolist())
+        params = index.params
+        found = []
+        for cluster in index.plan().clusters():
+            groups = [idx[c] for c in cluster]
+            spans = [slice(starts[g], starts[g + 1]) for g in groups]
+            if len(np.unique(np.concatenate([answers[s] for s in spans]))) > 1:
+                found.append((groups, sorted(np.concatenate([rows[s] for s in spans]).tolist())))
+        shown = []
+        for groups, members in found[:_EXAMPLES]:
+            texts = {g: self._text(examples[int(rows[starts[g]])], n_keys) for g in groups}
+            sim = {i: jaccard(texts[groups[0]], texts[g], params) for g in groups
+                   for i in rows[starts[g]:starts[g + 1]].tolist()}
+            shown.append([{"where": ex.where, "prompt": _cut(_final_prompt(ex)), "answer": _cut(ex.reference),
+                           "similarity": _r(sim[i])} for i in members[:_EXAMPLES] for ex in [examples[i]]])
+        return {"groups": len(found), "rows": sum(len(m) for _, m in found), "examples": shown}
 
 
-def _eval_overlap(examples: list[Example], texts: list[str], eval_texts: list[str] | None) -> dict[str, Any] | None:
-    if eval_texts is None:
-        return None
-    from tunelab.data.decontam import find_contamination
+class _EvalOverlap:
+    """Rows sharing 13-grams with the evaluation texts, checked in batches against their index."""
 
-    hits = find_contamination(texts, eval_texts) if texts and eval_texts else []
-    return {"eval_rows": len(eval_texts), "count": len(hits), "fraction": _r(len(hits) / len(texts)) if texts else 0.0,
-            "examples": [{"where": examples[h.train_index].where, "eval_index": h.eval_index, "overlap": h.overlap,
-                          "ngram": _cut(h.example_ngram)} for h in hits[:_EXAMPLES]]}
+    def __init__(self, eval_texts: list[str] | None) -> None:
+        from tunelab.data.stream import ContaminationIndex
+
+        self.eval_texts = eval_texts
+        self.index = ContaminationIndex(eval_texts) if eval_texts else None
+        self.rows = self.count = 0
+        self.shown: list[dict[str, Any]] = []
+        self._batch: list[Example] = []
+
+    def add(self, i: int, ex: Example) -> None:
+        if self.index is not None:
+            self._batch.append(ex)
+            if len(self._batch) >= _EVAL_BATCH:
+                self._check()
+        self.rows += 1
+
+    def _check(self) -> None:
+        batch, self._batch = self._batch, []
+        offset = self.rows - len(batch)
+        hits = self.index.hits([example_text(ex) for ex in batch], offset) if batch else []
+        self.count += len(hits)
+        self.shown += [{"where": batch[h.train_index - offset].where, "eval_index": h.eval_index, "overlap": h.overlap,
+                        "ngram": _cut(h.example_ngram)} for h in hits[:max(0, _EXAMPLES - len(self.shown))]]
+
+    def result(self) -> dict[str, Any] | None:
+        if self.eval_texts is None:
+            return None
+        if self.index is not None:
+            self._check()
+        return {"eval_rows": len(self.eval_texts), "count": self.count,
+                "fraction": _r(self.count / self.rows) if self.rows else 0.0, "examples": self.shown}
 
 
 # ------------------------------------------------------------------------------------------------ findings
@@ -438,25 +686,41 @@ def _content_findings(r: dict[str, Any]) -> Iterable[dict[str, str]]:
 
 def _findings(report: dict[str, Any]) -> list[dict[str, str]]:
     found = [*_data_findings(report), *_content_findings(report)]
+    if report.get("pairs"):  # preference data (see add_pair_stats)
+        from tunelab.data.preference_report import pair_findings
+
+        found += pair_findings(report["pairs"])
     return sorted(found, key=lambda f: SEVERITIES.index(f["severity"]))  # stable: ties keep their order
+
+
+def add_pair_stats(report: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """Preference data: add `tunelab.data.preference_report.pair_stats` to a report and refresh its findings."""
+    report["pairs"] = stats
+    report["findings"] = _findings(report)
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ public
 
 
-def audit_examples(examples: list[Example], rejects: list[Reject], *, tokenizer=None, max_length: int | None = None,
-                   eval_texts: list[str] | None = None, source: dict | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+def audit_examples(examples: Sequence[Example], rejects: Iterable[Reject], *, tokenizer=None,
+                   max_length: int | None = None, eval_texts: list[str] | None = None, source: dict | None = None,
+                   progress: bool = True, workdir: str | Path | None = None) -> dict[str, Any]:
     """Measure a dataset: counts, lengths, duplicates, PII, refusals, labels, … and derive findings.
 
     Args:
-        examples: the usable rows (e.g. from ``to_examples``).
-        rejects: the rows rejected while reading them.
+        examples: the usable rows (e.g. from ``to_examples``): a list, or any sequence that can be iterated
+            more than once and indexed, such as `tunelab.data.stream.SpooledExamples` over a file larger than
+            memory (its first iteration reads the file). One pass computes almost everything; later passes
+            and lookups by index fetch the few rows shown as examples.
+        rejects: the rows rejected while reading them (iterated after the first pass over ``examples``).
         tokenizer: a Hugging Face tokenizer with a chat template; token lengths are skipped without one.
         max_length: the training max_length; with a tokenizer, the share of rows longer than it.
         eval_texts: evaluation texts to check for overlap (None: not checked).
         source: what was read, shown in the report header, e.g. ``{"path", "sha256", "format"}``.
         progress: show progress bars for the slow loops.
+        workdir: where the duplicate search keeps its MinHash signatures (a temporary folder inside it;
+            default: the system's temporary folder).
 
     Returns:
         The report, JSON-serialisable and deterministic for the same input; keys: ``source``, ``counts``,
@@ -464,16 +728,25 @@ def audit_examples(examples: list[Example], rejects: list[Reject], *, tokenizer=
         ``refusals``, ``degenerate``, ``inconsistent``, ``eval_overlap``, ``thresholds``, ``findings``.
     """
     source = dict(source or {})
-    texts = [example_text(ex) for ex in examples]
-    report: dict[str, Any] = {
-        "source": source, "counts": _counts(examples, rejects, source),
-        "lengths": _lengths(examples, tokenizer, max_length, progress), "turns": _turns(examples),
-        "vocabulary": _vocabulary(examples), "languages": _languages(examples, progress),
-        "duplicates": _duplicates(examples, texts, progress), "pii": _pii(examples, progress),
-        "labels": _labels(examples), "refusals": _refusals(examples), "degenerate": _degenerate(examples),
-        "inconsistent": _inconsistent(examples, progress), "eval_overlap": _eval_overlap(examples, texts, eval_texts),
-        "thresholds": dict(THRESHOLDS),
-    }
+    with tempfile.TemporaryDirectory(prefix="tunelab-audit-", dir=workdir) as work:
+        lengths, turns, vocabulary, languages = _Lengths(tokenizer, max_length), _Turns(), _Vocabulary(), _Languages()
+        duplicates, pii, labels, refusals = _Duplicates(Path(work)), _Pii(), _Labels(), _Refusals()
+        degenerate, inconsistent, overlap = _Degenerate(), _Inconsistent(Path(work)), _EvalOverlap(eval_texts)
+        sections = (lengths, turns, vocabulary, languages, duplicates, pii, labels, refusals, degenerate, inconsistent,
+                    overlap)
+        usable, any_text = 0, False
+        for i, ex in enumerate(_track(examples, "analysing rows", progress)):
+            for section in sections:
+                section.add(i, ex)
+            usable, any_text = usable + 1, any_text or ex.text is not None
+        report: dict[str, Any] = {
+            "source": source, "counts": _counts(usable, any_text, rejects, source), "lengths": lengths.result(),
+            "turns": turns.result(), "vocabulary": vocabulary.result(examples), "languages": languages.result(),
+            "duplicates": duplicates.result(examples), "pii": pii.result(), "labels": labels.result(),
+            "refusals": refusals.result(), "degenerate": degenerate.result(),
+            "inconsistent": inconsistent.result(examples), "eval_overlap": overlap.result(),
+            "thresholds": dict(THRESHOLDS),
+        }
     report["findings"] = _findings(report)
     return report
 
