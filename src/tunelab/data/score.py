@@ -188,6 +188,7 @@ def score_examples(examples: Sequence[Example], spec: ScoreSpec, generator, rubr
         One `JudgeScore` per example, in input order.
     """
     from tunelab.training.progress import task_progress
+    from tunelab.util.console import console
 
     rubric = load_rubric(spec) if rubric is None else rubric
     prompts = [judge_messages(ex, rubric, spec.max_chars) for ex in examples]
@@ -197,6 +198,8 @@ def score_examples(examples: Sequence[Example], spec: ScoreSpec, generator, rubr
         for start in range(0, len(prompts), _CHUNK):
             out += _judge_chunk(generator, prompts[start:start + _CHUNK], spec.mode)
             bar.advance(task, len(prompts[start:start + _CHUNK]))
+            if progress and not console.is_terminal:  # logs and CI have no live bar: a line per chunk
+                console.print(f"scored {len(out)}/{len(prompts)} rows")
     return out
 
 
