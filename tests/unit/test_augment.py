@@ -465,3 +465,18 @@ def test_recipe_accepts_augment_step():
 def test_rouge_l_handles_cjk():
     assert rouge_l("写一首关于秋天的诗", "写一首关于春天的诗") > 0.8
     assert rouge_l("a b c", "x y z") == 0.0
+
+
+def test_filter_checks_the_turns_a_model_wrote():
+    long_user = "Tell me, in a few clear steps, how to bake a loaf of bread at home."  # 67 chars
+    rows = [_chat(long_user, "Knead, proof and bake it.", "b.jsonl:1")]
+    gen = ScriptedGenerator(lambda p: "Explain, in a few clear steps, how I can bake a loaf of bread at home.")
+    spec = _spec(ops=["synonym", "paraphrase"], alpha=0.2)
+    spec.filter.max_chars = 60  # the source's user turn is longer, but a default filter checks answers only
+    kept, rejects, report = step_augment(rows, spec, generator=gen)
+    _check_counts(1, kept, rejects, report)
+    # The EDA row edits the source's words and is checked as the source was; the paraphrase was written by a
+    # model, so its user turn is checked too.
+    assert [e.raw["synthetic"]["op"] for e in kept[1:]] == ["synonym"]
+    [reject] = rejects
+    assert reject.where == "b.jsonl:1~paraphrase1" and "user turn" in reject.reason and reject.step == "augment"

@@ -22,7 +22,7 @@ Ops (``data.curate.augment.ops``; each writes new rows and keeps every source ro
 
 Every new row carries ``synthetic = {"op", "source", "generator"}`` in its ``raw`` (written to data.jsonl;
 originals carry none), then goes through the same quality filter (`curate.step_filter` with the recipe's
-``filter`` settings, also checking the turns the op wrote) and exact/near dedup against originals and other
+``filter`` settings, also checking the turns a model wrote) and exact/near dedup against originals and other
 new rows (originals always win a cluster). Every dropped candidate is a `Reject` with step ``augment``.
 Counts: ``rows_in + generated == kept + rejected``; with ``keep_originals`` (default) ``kept`` is the source
 rows plus the accepted new ones and ``rejected`` the dropped candidates.
@@ -557,18 +557,23 @@ def _back_translate(examples: list[Example], spec: AugmentSpec, gen, out: _Batch
 # ---------------------------------------------------------------------------------------------- filters
 
 
-def _written_roles(spec: AugmentSpec) -> set[str]:
-    roles = set(spec.roles) if any(op in RULE_OPS or op == "paraphrase" for op in spec.ops) else set()
-    if "self_instruct" in spec.ops or "back_translate" in spec.ops:
-        roles |= {"user", "assistant"}
-    return roles
+def _model_written_roles(op: str, spec: AugmentSpec) -> set[str]:
+    """Turns a model wrote for `op`; EDA's word edits of a source turn are checked as the source was."""
+    if op in RULE_OPS:
+        return set()
+    return set(spec.roles) if op == "paraphrase" else {"user", "assistant"}
 
 
 def _filter_new(rows: list[Example], spec: CurateSpec) -> tuple[list[Example], list[Reject]]:
-    """The recipe's quality filter over the new rows, also checking the turns the ops wrote."""
-    fspec = spec.filter.model_copy(update={"roles": sorted(set(spec.filter.roles) | _written_roles(spec.augment))})
-    kept, rejects, _ = step_filter(rows, fspec)
-    return kept, [replace(r, step="augment") for r in rejects]
+    """The recipe's quality filter over the new rows, also checking the turns a model wrote."""
+    kept, rejects = [], []
+    for op in dict.fromkeys(r.raw["synthetic"]["op"] for r in rows):  # ops in order: rows stay in order
+        roles = sorted(set(spec.filter.roles) | _model_written_roles(op, spec.augment))
+        op_kept, op_rejects, _ = step_filter([r for r in rows if r.raw["synthetic"]["op"] == op],
+                                             spec.filter.model_copy(update={"roles": roles}))
+        kept += op_kept
+        rejects += [replace(r, step="augment") for r in op_rejects]
+    return kept, rejects
 
 
 def _dedup_new(originals: list[Example], rows: list[Example], spec: CurateSpec) -> tuple[list[Example], list[Reject]]:
