@@ -97,7 +97,8 @@ class LocalGenerator:
         out: list[dict[str, float]] = [{}] * len(prompts)
         for idx in self._batches(len(prompts), prompts):
             enc = self._encode([prompts[i] for i in idx])
-            logits = self.model(**enc).logits[:, -1, :].float()  # (B, vocab): the next token after the header
+            # Only the last position's logits are needed: (B, 1, vocab) instead of (B, T, vocab).
+            logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
             probs = torch.softmax(logits[:, token_ids], dim=-1)  # (B, choices), renormalised over the choices
             for i, row in zip(idx, probs.tolist(), strict=True):
                 out[i] = dict(zip(choices, row, strict=True))
@@ -114,8 +115,11 @@ def _first_token(tokenizer, choice: str) -> int:
 def _load_local(name: str):
     from tunelab.models import is_run_dir, load_causal_lm, load_run_model, load_tokenizer, resolve_device
 
+    from tunelab.models import resolve_precision
+
     device = resolve_device("auto")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    # Decode is memory-bound: bf16 weights halve the bytes per token where bf16 is native (GPU, AVX512-BF16/AMX).
+    dtype = torch.bfloat16 if resolve_precision("auto", device) == "bf16" else torch.float32
     if is_run_dir(name):
         model, tok = load_run_model(name, dtype=dtype)
     else:
