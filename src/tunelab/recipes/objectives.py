@@ -22,6 +22,9 @@ RECIPES: dict[str, tuple[str, str]] = {
     "pretrain": ("tunelab.recipes.sft", "SFTRecipe"),
     "classify": ("tunelab.recipes.classify", "ClassifyRecipe"),
     "preference": ("tunelab.recipes.preference", "PreferenceRecipe"),
+    "reward": ("tunelab.recipes.reward", "RewardRecipe"),
+    "grpo": ("tunelab.recipes.rl", "OnlineRLRecipe"),
+    "rloo": ("tunelab.recipes.rl", "OnlineRLRecipe"),
 }
 GENERATIVE = ("sft", "pretrain")  # objectives that train a causal LM (an encoder cannot learn them)
 
