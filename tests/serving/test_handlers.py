@@ -336,7 +336,7 @@ MALFORMED = {
     "logit_bias not a token": ("/v1/chat/completions", {"model": M, "messages": U, "logit_bias": {"abc": 1}}),
     "logit_bias out of range": ("/v1/chat/completions", {"model": M, "messages": U, "logit_bias": {"1": 1000}}),
     "json_schema format": ("/v1/chat/completions", {"model": M, "messages": U, "response_format": {"type": "json_schema"}}),
-    "prompt over context": ("/v1/chat/completions", {"model": M, "messages": [{"role": "user", "content": "go " * 400}]}),
+    "prompt over context": ("/v1/chat/completions", {"model": M, "messages": [{"role": "user", "content": "go " * 1500}]}),
     "empty prompt": ("/v1/completions", {"model": M, "prompt": ""}),
     "prompt wrong type": ("/v1/completions", {"model": M, "prompt": {"a": 1}}),
     "echo with logprobs": ("/v1/completions", {"model": M, "prompt": "x", "echo": True, "logprobs": 1}),

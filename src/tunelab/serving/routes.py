@@ -28,8 +28,11 @@ ERROR_STATUSES = {
     503: "Overloaded or still loading (see Retry-After).",
     504: "Generation timed out.",
 }
-_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "Server-sent events: `data: {chunk}` "
-                                         "lines, ending with `data: [DONE]`."}}}
+# One server-sent event (schema per event, as OpenAPI 3.2 reads text/event-stream): `data` is a chunk as JSON
+# (the response model's chunk shape, or an error envelope), and the last event's data is `[DONE]`.
+_SSE = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "description": "Server-sent events: `data: {chunk JSON}` per event, ending with `data: [DONE]`."}}}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
