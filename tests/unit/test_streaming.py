@@ -218,3 +218,34 @@ def test_rejects_are_kept_as_records(tmp_path):
     spill = Spill(tmp_path / "r.jsonl", "reject")
     spill.append(r)
     assert list(spill) == [r]
+
+
+# ------------------------------------------------------------------------------------------------ the report
+
+
+def test_report_streams_the_same_json_as_the_in_memory_audit(tmp_path, tokenizer):
+    from tunelab.data.audit import audit_examples
+    from tunelab.data.stage import report_file
+
+    src = tmp_path / "d.jsonl"
+    lines = _rows()
+    lines += [json.dumps({"prompt": "Question 7?", "completion": "A different answer to an old question."}),
+              json.dumps({"prompt": "Question 7 ?!", "completion": "Yet another answer."})]
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text(json.dumps({"q": json.loads(lines[30])["completion"]}) + "\n")
+    spec = load_recipe(None, [f"data.path={src}", "data.on_error=skip", "data.max_length=64"]).data
+    report, html = report_file(spec, tmp_path / "rep", eval_files=[str(eval_file)], model="smollm2-135m-instruct",
+                               progress=False)
+
+    rows, fmt, examples, rejects = read_examples(src, spec)
+    from tunelab.data.pipeline import eval_file_texts
+
+    expected = audit_examples(examples, rejects, tokenizer=tokenizer, max_length=64, source=report["source"],
+                              eval_texts=eval_file_texts([str(eval_file)], spec), progress=False)
+    assert json.dumps(report) == json.dumps(expected)
+    assert report["counts"]["rows"] == rows and report["counts"]["rejected"] == 3
+    assert report["duplicates"]["removable"] > 10 and report["inconsistent"]["prompts"] > 0
+    assert report["eval_overlap"]["count"] >= 1 and report["pii"]["rows"] == 1
+    assert report["lengths"]["truncation"]["count"] > 0
+    assert html.is_file()

@@ -44,6 +44,7 @@ import numpy as np
 
 from tunelab.data.curate import example_text
 from tunelab.data.records import Example, Reject, reason_key
+from tunelab.data.stream import batched
 
 __all__ = ["THRESHOLDS", "add_pair_stats", "audit_examples", "write_audit"]
 
@@ -63,6 +64,7 @@ _TOP = 20  # top words / n-grams
 _BINS = 20  # histogram bins
 _TOKEN_BATCH = 512
 _EVAL_BATCH = 8192  # rows per evaluation-overlap lookup
+_CHUNK = 512  # rows each section sees in a row
 _VOCAB_MAX_DISTINCT = (2_000_000, 1_000_000, 1_000_000)  # words, bigrams, trigrams counted exactly (16 B each)
 _LABEL_MAX_CLASSES, _LABEL_MAX_WORDS = 30, 4
 _TEMPLATE_MIN_PROMPTS = 20  # with this many distinct prompts, a prefix/suffix they all share is a template
@@ -735,10 +737,13 @@ def audit_examples(examples: Sequence[Example], rejects: Iterable[Reject], *, to
         sections = (lengths, turns, vocabulary, languages, duplicates, pii, labels, refusals, degenerate, inconsistent,
                     overlap)
         usable, any_text = 0, False
-        for i, ex in enumerate(_track(examples, "analysing rows", progress)):
+        # Section by section over chunks of rows, not row by row: each section's models and tables stay in
+        # the CPU caches (interleaving them row by row measured ~30% slower).
+        for chunk in batched(enumerate(_track(examples, "analysing rows", progress)), _CHUNK):
             for section in sections:
-                section.add(i, ex)
-            usable, any_text = usable + 1, any_text or ex.text is not None
+                for i, ex in chunk:
+                    section.add(i, ex)
+            usable, any_text = usable + len(chunk), any_text or any(ex.text is not None for _, ex in chunk)
         report: dict[str, Any] = {
             "source": source, "counts": _counts(usable, any_text, rejects, source), "lengths": lengths.result(),
             "turns": turns.result(), "vocabulary": vocabulary.result(examples), "languages": languages.result(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -97,20 +98,36 @@ def curate_file(spec: DataSpec, steps: list[str], out_dir: str | Path, eval_file
 
 
 def report_file(spec: DataSpec, out_dir: str | Path, eval_files: list[str] | None = None,
-                model: str | None = "smollm2-135m-instruct") -> tuple[dict[str, Any], Path]:
-    """`tunelab data report`: audit spec.path (lengths in `model`'s tokens) and write data_report.{json,html}."""
-    from tunelab.data.audit import audit_examples, write_audit
+                model: str | None = "smollm2-135m-instruct", progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """`tunelab data report`: audit spec.path (lengths in `model`'s tokens) and write data_report.{json,html}.
 
-    src, _, fmt, examples, rejects = _read_examples(spec)
+    The file streams: the first pass reads it (a bar over bytes) and spills the examples to a temporary
+    file, which later passes and example look-ups read (`tunelab.data.stream.SpooledExamples`), so memory
+    holds the audit's counters and per-row hashes, not the rows.
+    """
+    from tunelab.data.audit import audit_examples, write_audit
+    from tunelab.data.stream import Bars, ExampleSource, Spill, SpooledExamples
+
+    src = resolve_data_path(spec.path)
+    source = {"path": str(src), "sha256": file_sha256(src), "format": None, "model": model}
     tokenizer = None
     if model:
         from tunelab.models import load_tokenizer
 
         tokenizer = load_tokenizer(model)
     eval_texts = eval_file_texts(eval_files, spec) if eval_files else None
-    source = {"path": str(src), "sha256": file_sha256(src), "format": fmt, "model": model}
-    report = audit_examples(examples, rejects, tokenizer=tokenizer, max_length=spec.max_length,
-                            eval_texts=eval_texts, source=source)
+    with tempfile.TemporaryDirectory(prefix="tunelab-report-") as work, Bars(progress) as bars:
+        rejects = Spill(Path(work) / "rejects.jsonl", "reject")
+        reader = ExampleSource(src, spec, rejects, rejects, bars.bytes(src, f"reading {src.name}"))
+        source["format"] = reader.detect_format()
+        examples = SpooledExamples(reader, Spill(Path(work) / "rows.jsonl", "example", indexed=True), bars)
+        try:
+            # The bars above are the only live display: rich allows one at a time.
+            report = audit_examples(examples, rejects, tokenizer=tokenizer, max_length=spec.max_length,
+                                    eval_texts=eval_texts, source=source, progress=False, workdir=work)
+        finally:
+            examples.spill.close()
+            rejects.close()
     _, html = write_audit(report, Path(out_dir))
     return report, html
 

@@ -23,12 +23,14 @@ a schema for arbitrary records. See docs/data.md ("large files").
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import os
 import shutil
 import tempfile
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,11 +44,13 @@ from tunelab.data.records import Example, Reject
 from tunelab.errors import TunelabError
 
 __all__ = [
-    "ContaminationIndex", "DedupDecision", "DedupIndex", "ExampleSource", "Spill", "StreamCuration",
+    "ContaminationIndex", "DedupDecision", "DedupIndex", "ExampleSource", "Spill", "SpooledExamples",
+    "StreamCuration", "TopCounts",
     "Bars", "atomic_writer", "batched", "work_folder",
 ]
 
 _CONVERT_BATCH = 1024  # records converted to examples per call
+_DETECT_ROWS = 20  # the rows tunelab.data.formats looks at to detect the format
 _DECONTAM_BATCH = 8192  # training rows per contamination lookup (as find_contamination batches them)
 _DEDUP_BATCH = 4096  # documents hashed per MinHash batch (as minhash_signatures batches them)
 # The shingle hasher caches each distinct word's hash; past this many words the cache is rebuilt, so that
@@ -234,18 +238,37 @@ class ExampleSource:
         self.fmt: str | None = None
         self.rows_read = self.usable = 0
 
-    def examples(self) -> Iterator[Example]:
-        from tunelab.data.formats import resolve_format, to_examples
+    def _records(self, skipped: Any, on_bytes: Callable[[int], None] | None) -> Iterator[tuple[str, dict]]:
         from tunelab.data.readers import iter_records
 
-        skipped = _Counter(self.read_rejects) if self.spec.on_error == "skip" else None
-        records = iter_records(self.path, delimiter=self.spec.delimiter, encoding=self.spec.encoding,
-                               skipped=skipped, on_bytes=self.on_bytes)
-        head = list(itertools.islice(records, 20))  # formats looks at the first 20 rows
+        return iter_records(self.path, delimiter=self.spec.delimiter, encoding=self.spec.encoding, skipped=skipped,
+                            on_bytes=on_bytes)
+
+    def _resolve(self, head: list[tuple[str, dict]], skipped: _Counter | None) -> str:
+        from tunelab.data.formats import resolve_format
+
         if not head:
             raise TunelabError(f"no readable records ({skipped.n if skipped else 0} malformed rows skipped)",
                                where=str(self.path), fix="check that this is the right file and format")
-        self.fmt = resolve_format(head, self.spec)
+        return resolve_format(head, self.spec)
+
+    def detect_format(self) -> str:
+        """The format, from the first rows (reads only those, the first time)."""
+        if self.fmt is None:
+            skipped = _Counter(None) if self.spec.on_error == "skip" else None
+            records = self._records(skipped, None)
+            self.fmt = self._resolve(list(itertools.islice(records, _DETECT_ROWS)), skipped)
+            records.close()
+        return self.fmt
+
+    def examples(self) -> Iterator[Example]:
+        """Stream the file's examples (each call reads it again)."""
+        from tunelab.data.formats import to_examples
+
+        skipped = _Counter(self.read_rejects) if self.spec.on_error == "skip" else None
+        records = self._records(skipped, self.on_bytes)
+        head = list(itertools.islice(records, _DETECT_ROWS))
+        self.fmt = self._resolve(head, skipped)
         for batch in batched(itertools.chain(head, records), _CONVERT_BATCH):
             examples, rejects = to_examples(batch, self.spec, fmt=self.fmt)
             for r in rejects:
@@ -257,14 +280,165 @@ class ExampleSource:
 
 
 class _Counter:
-    """Counts what is appended to a sink (rows skipped by the reader count as rows read)."""
+    """Counts what is appended to a sink (rows skipped by the reader count as rows read); None discards."""
 
     def __init__(self, target: Any):
         self.target, self.n = target, 0
 
     def append(self, item: Any) -> None:
-        self.target.append(item)
+        if self.target is not None:
+            self.target.append(item)
         self.n += 1
+
+
+class SpooledExamples:
+    """A source's examples as a re-readable sequence: the first pass streams the file and writes each example
+    to a `Spill`; later passes and ``examples[i]`` read the spill (8 bytes of offset per row in memory).
+
+    Raw records are not spilled (``raw`` is empty on re-reads): the report never looks at them.
+    """
+
+    def __init__(self, source: ExampleSource, spill: Spill, bars: Bars | None = None):
+        self.source, self.spill, self.bars = source, spill, bars or Bars(False)
+        self._state = "new"  # new -> reading -> spooled
+
+    def __iter__(self) -> Iterator[Example]:
+        if self._state == "spooled":
+            yield from self.bars.rows(self.spill, len(self.spill), f"re-reading {self.source.path.name}")
+            return
+        if self._state == "reading":
+            raise RuntimeError("the first pass over a SpooledExamples must finish before another starts")
+        self._state = "reading"
+        for ex in self.source.examples():
+            self.spill.append(Example(ex.messages, ex.text, ex.where))
+            yield ex
+        self._state = "spooled"
+
+    def __len__(self) -> int:
+        if self._state != "spooled":
+            raise RuntimeError("the length is known after the first pass")
+        return len(self.spill)
+
+    def __getitem__(self, i: int) -> Example:
+        if self._state != "spooled":
+            raise RuntimeError("rows can be looked up after the first pass")
+        return self.spill[i]
+
+
+class TopCounts:
+    """Counts of string keys, and the top keys by count with ties broken by the key (as
+    ``sorted(counter.items(), key=(-count, key))[:k]``), in bounded memory.
+
+    Up to ``keep_strings`` distinct keys it is a plain `Counter`. Past that, keys are counted by a 64-bit
+    hash of their UTF-8 bytes in sorted numpy arrays (16 bytes per distinct key), and `top` returns None
+    until the keys are fed again through `recover` (a second pass over the data), which keeps only the strings
+    that can be in the top. Two keys collide with probability about distinct^2 / 2^65. (Python's hash of the
+    str itself would not do: CPython hashes a string's internal buffer, so 'up' and '灵', whose two-byte
+    code unit is b'up', collide.) Up to ``max_distinct`` distinct keys the counts are exact; past that, the
+    half with the lowest counts is dropped whenever the table overflows (lossy counting: the frequent keys
+    stay, their counts may be low by what was dropped) and `exact` turns False.
+    """
+
+    def __init__(self, keep_strings: int = 100_000, max_distinct: int = 2_000_000):
+        self.keep_strings, self.max_distinct = keep_strings, max_distinct
+        self.exact = True
+        self._counter: Counter | None = Counter()  # None once counting by hash
+        self._hashes = np.zeros(0, np.int64)  # (distinct,) ascending
+        self._counts = np.zeros(0, np.int64)
+        self._total = 0
+        self._buffer: list[int] = []
+        self._wanted: tuple[np.ndarray, np.ndarray, int] | None = None  # set by begin_recovery
+        self._strings: dict[int, str] = {}
+        self._ties: list[str] = []
+
+    def add(self, keys: list[str]) -> None:
+        if self._counter is not None:
+            self._counter.update(keys)
+            if len(self._counter) > self.keep_strings:  # switch to hashes
+                hashes = np.array([_key_hash(k) for k in self._counter], np.int64)
+                self._hashes, inverse = np.unique(hashes, return_inverse=True)
+                counts = np.array(list(self._counter.values()), np.int64)
+                self._counts = np.bincount(inverse, counts, len(self._hashes)).astype(np.int64)
+                self._total = int(counts.sum())
+                self._counter = None
+            return
+        self._buffer += [hash(k.encode("utf-8", "surrogatepass")) for k in keys]
+        if len(self._buffer) >= 1 << 20:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._buffer:
+            return
+        new, counts = np.unique(np.array(self._buffer, np.int64), return_counts=True)
+        self._total += len(self._buffer)
+        self._buffer = []
+        hashes, inverse = np.unique(np.concatenate([self._hashes, new]), return_inverse=True)
+        self._counts = np.bincount(inverse, np.concatenate([self._counts, counts]), len(hashes)).astype(np.int64)
+        self._hashes = hashes
+        if len(hashes) > self.max_distinct:
+            keep = np.sort(np.argpartition(self._counts, len(hashes) - self.max_distinct // 2)
+                           [len(hashes) - self.max_distinct // 2:])
+            self._hashes, self._counts, self.exact = self._hashes[keep], self._counts[keep], False
+
+    @property
+    def total(self) -> int:
+        """All keys counted (exact in every mode)."""
+        if self._counter is not None:
+            return sum(self._counter.values())
+        self._merge()
+        return self._total
+
+    @property
+    def distinct(self) -> int:
+        """Distinct keys counted (a lower bound once `exact` is False)."""
+        if self._counter is not None:
+            return len(self._counter)
+        self._merge()
+        return len(self._hashes)
+
+    def top(self, k: int, exclude: Iterable[str] = ()) -> dict[str, int] | None:
+        """The k most frequent keys (not in ``exclude``) with their counts, or None if `recover` is needed."""
+        if self._counter is not None:
+            skip = set(exclude)
+            items = [(key, c) for key, c in self._counter.items() if key not in skip]
+        elif self._wanted is None:
+            return None
+        else:
+            counts = dict(zip(self._hashes.tolist(), self._counts.tolist(), strict=True))
+            items = [(key, counts[h]) for h, key in self._strings.items()] + [(key, counts[_key_hash(key)])
+                                                                              for key in self._ties]
+        return dict(sorted(items, key=lambda kv: (-kv[1], kv[0]))[:k])
+
+    def begin_recovery(self, k: int, exclude: Iterable[str] = ()) -> None:
+        """Get ready to take the strings of the top-k candidates from the keys fed to `recover`: all keys
+        counted more often than the k-th, and the smallest of those tied with it."""
+        self._merge()
+        ok = ~np.isin(self._hashes, np.array([_key_hash(e) for e in exclude], np.int64))
+        counts = self._counts[ok]
+        t = int(np.partition(counts, len(counts) - k)[len(counts) - k]) if len(counts) >= k else 0
+        pos = np.flatnonzero(ok & (self._counts >= max(t, 1)))
+        above, tie = pos[self._counts[pos] > t], pos[self._counts[pos] == t]
+        self._strings, self._ties = {}, []
+        self._wanted = (np.sort(self._hashes[above]), np.sort(self._hashes[tie]), k - len(above))
+
+    def recover(self, keys: list[str]) -> None:
+        """Feed keys again (any order, repeats allowed) after `begin_recovery`."""
+        if self._wanted is None:
+            return
+        above, tie, room = self._wanted
+        hashes = np.array([_key_hash(key) for key in keys], np.int64)
+        for j in np.flatnonzero(np.isin(hashes, above)).tolist():
+            self._strings[int(hashes[j])] = keys[j]
+        for j in np.flatnonzero(np.isin(hashes, tie)).tolist():
+            key = keys[j]  # keep the `room` smallest tied keys, sorted
+            at = bisect.bisect_left(self._ties, key)
+            if at < room and (at == len(self._ties) or self._ties[at] != key):
+                self._ties.insert(at, key)
+                del self._ties[room:]
+
+
+def _key_hash(key: str) -> int:
+    return hash(key.encode("utf-8", "surrogatepass"))
 
 
 # --------------------------------------------------------------------------------------------------- dedup
