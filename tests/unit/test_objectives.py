@@ -20,7 +20,8 @@ from tunelab.recipes.classify_eval import load_classifier_run, macro_f1_ci
 from tunelab.training.batching import plan_batches
 
 # One thread: the test machine's cores are shared, and oversubscribed OpenMP threads are ~10x slower.
-FAST = ["model.precision=fp32", "model.threads=1"]
+# No experiment tracker: these tests are about the objectives.
+FAST = ["model.precision=fp32", "model.threads=1", "output.tracking=[]"]
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +66,12 @@ def _toy_labels(tmp_path, n=100):
 
 
 def _corpus(tmp_path, n=40):
-    docs = [" ".join(["the tide rolls in and the tide rolls out"] * (1 + i % 4)) + f" day {i}." for i in range(n)]
+    """Varied one-line documents from a small grammar (learnable, and no two are near-duplicates)."""
+    rng = random.Random(0)
+    who, verb, what = ["the cat", "a dog", "my aunt", "the pilot", "our baker"], ["sees", "paints", "sells",
+                                                                                  "finds"], ["boats", "bread", "maps"]
+    docs = [" and ".join(f"{rng.choice(who)} {rng.choice(verb)} {rng.choice(what)}" for _ in range(1 + i % 4))
+            + f" on day {i}." for i in range(n)]
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(docs) + "\n", encoding="utf-8")
     return path
@@ -106,12 +112,15 @@ def test_pretrain_loss_falls_and_evaluation_is_perplexity_without_generation(tmp
     recipe = load_recipe(None, [
         f"data.path={_corpus(tmp_path, 60)}", f"model.name={tiny_model_dir}", f"output.dir={tmp_path / 'runs'}",
         "output.name=p", "train.objective=pretrain", "data.max_length=32", "train.max_steps=12",
-        "train.batch_size=4", "train.lr=1e-2", "train.log_every=1", "train.warmup_ratio=0", *FAST,
+        "train.batch_size=4", "train.lr=3e-3", "train.log_every=1", "train.warmup_ratio=0", "method.name=full",
+        *FAST,
     ])
     run_dir = pipeline.train(recipe, "p")
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-              if '"loss"' in line]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[-1] < losses[0] - 0.5
+    assert [r["val_ppl"] for r in rows if "val_ppl" in r][-1] < rows[0]["val_ppl"]  # validation perplexity
+    assert json.loads((run_dir / "data_summary.json").read_text())["splits"]["train"]["packing"]["blocks"] >= 10
 
     def no_generation(*args, **kwargs):
         raise AssertionError("pretraining runs are scored by perplexity, not generation")
@@ -340,3 +349,15 @@ def test_rows_without_a_label_are_rejected_and_counted(tmp_path, tiny_encoder_di
                                 "train.objective=classify", f"output.dir={tmp_path / 'runs'}", *FAST])
     with pytest.raises(TunelabError, match="missing label"):
         pipeline.train(recipe, "u")
+
+
+def test_cli_prints_one_line_and_exits_2_for_impossible_objectives(tmp_path, capsys):
+    from tunelab.cli.main import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  path: x.jsonl\ntrain:\n  objective: classify\n")
+    assert main(["validate", str(recipe), "data.packing=blocks"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.objective, data.packing" in err[0]
+    assert main(["validate", str(recipe), "data.path=null", "data.mixture=[{path: a.jsonl, wieght: 2}]"]) == 2
+    assert "data.mixture[0].wieght" in capsys.readouterr().err
