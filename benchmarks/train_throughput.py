@@ -177,9 +177,12 @@ def compare_methods(methods: list[str], steps: int) -> None:
     unknown = [m for m in methods if m not in METHOD_LR]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_LR)}")
-    rows = {m: _spawn(f"tunelab:{m}", steps) for m in methods}
-    for r in rows.values():
+    rows = {}
+    for m in methods:
+        rows[m] = r = _spawn(f"tunelab:{m}", steps)
         r["tok_s"] = r["real_tokens"] / r["train_s"]
+        print(f"{m}: {r['tok_s']:.1f} real tok/s, peak RSS {r['peak_rss_mb']:,.0f} MB, "
+              f"val loss {r['val_loss']:.4f}", file=sys.stderr, flush=True)
     print(f"\nSFT methods, {steps} steps x batch {BATCH}, max_length {MAX_LEN}, threads {torch.get_num_threads()}, "
           f"precision {next(iter(rows.values()))['precision']}")
     print(f"{'':24}" + "".join(f"{m:>14}" for m in methods))
