@@ -10,7 +10,7 @@ from rich.table import Table
 from tunelab.config.loading import dump_recipe, load_recipe
 from tunelab.util.console import console
 
-__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_merge", "cmd_models", "cmd_reward", "cmd_run", "cmd_runs", "cmd_serve", "cmd_sweep", "cmd_track", "cmd_train",
+__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_keys", "cmd_merge", "cmd_models", "cmd_reward", "cmd_run", "cmd_runs", "cmd_serve", "cmd_sweep", "cmd_track", "cmd_train",
            "cmd_validate"]
 
 
@@ -258,13 +258,22 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tunelab.serving import serve
+    from tunelab.serving.lifecycle import exit_zero_on_sigterm
     from tunelab.serving.settings import serve_settings
 
     spec = serve_settings(args.model, args.adapter, args.overrides, host=args.host, port=args.port,
-                          embedding_model=args.embedding_model, engine=args.engine)
+                          embedding_model=args.embedding_model, engine=args.engine, database=args.db)
+    exit_zero_on_sigterm()  # a graceful stop on SIGTERM (orchestrators) is a success
     serve(spec, api_key=args.api_key, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
           log_level=args.log_level)
     return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from tunelab.serving.keyadmin import keys_command
+
+    return keys_command(args.action, args.target, rpm=args.rpm, tokens_per_day=args.tokens_per_day,
+                        db_url=args.db, state_dir=args.state_dir)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -291,6 +300,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_verb == "from-feedback":
         from tunelab.data.feedback import feedback_to_dataset
 
+        extra = [o for o in args.overrides if not o.startswith("on_error=")]
+        if extra:
+            raise TunelabError(f"from-feedback takes no data overrides (got {' '.join(extra)})",
+                               fix="use --to, --scale and --max-pairs-per-prompt; see docs/preferences.md")
         manifest = feedback_to_dataset(args.file, args.out, to=args.to, scale=args.scale,
                                        max_pairs_per_prompt=args.max_pairs_per_prompt,
                                        on_error=args.on_error or "stop", overwrite=args.overwrite)

@@ -112,6 +112,15 @@ EXAMPLES = {
         /v1/embeddings, /v1/feedback, /health, /ready, /metrics. Every route but /health needs
         `Authorization: Bearer KEY` (--api-key or $TUNELAB_API_KEY; else a key is generated and printed).
         Prints curl and openai snippets; docs/serving.md has every field and limit.""",
+    "keys": """
+        examples:
+          tunelab keys create support-bot --rpm 60 --tokens-per-day 200000
+          tunelab keys list
+          tunelab keys revoke 3f9a1c0b7d2e
+          tunelab keys list --db postgresql+psycopg://tunelab@db/tunelab
+        Keys live in the server database: --db URL, else $TUNELAB_DATABASE_URL, else serve-state/serve.db
+        (the file `tunelab serve` reads by default). The key is printed once, at creation; only a salted
+        hash is stored. Over --rpm or --tokens-per-day (UTC day) a request gets 429 with Retry-After.""",
 }
 
 
@@ -181,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_verbs(_sub(subs, "data", "curate a dataset: clean, pii, filter, dedup, decontam", c.cmd_data))
     _add_reward_verbs(_sub(subs, "reward", "use a trained reward model: score prompt/response rows", c.cmd_reward))
     _add_serve_args(_sub(subs, "serve", "serve a model, run or adapters over an OpenAI-compatible API", c.cmd_serve))
+    _add_keys_args(_sub(subs, "keys", "create, list and revoke the API keys of `tunelab serve`", c.cmd_keys))
     return parser
 
 
@@ -224,7 +234,18 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssl-keyfile", help="TLS private key (PEM) for https")
     p.add_argument("--ssl-certfile", help="TLS certificate (PEM) for https")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--db", help="database for API keys, audit log and feedback (SQLAlchemy URL; default: "
+                   "$TUNELAB_DATABASE_URL, else serve-state/serve.db when it exists)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="serve settings (docs/config.md, serve.*)")
+
+
+def _add_keys_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("target", nargs="?", metavar="NAME|ID", help="create: the key's name; revoke: its id")
+    p.add_argument("--rpm", type=int, help="create: requests per minute allowed (default: no limit)")
+    p.add_argument("--tokens-per-day", type=int, help="create: prompt + completion tokens per UTC day (default: no limit)")
+    p.add_argument("--db", help="database URL (default: $TUNELAB_DATABASE_URL, else sqlite:///STATE_DIR/serve.db)")
+    p.add_argument("--state-dir", default="serve-state", help="the server's state_dir (default serve-state)")
 
 
 def _add_data_verbs(p: argparse.ArgumentParser) -> None:

@@ -841,6 +841,31 @@ class ServeSpec(_Spec):
     recent_responses: int = Field(
         4096, ge=0, description="Responses remembered (prompt and answer) so /v1/feedback can refer to them by id."
     )
+    database: str | None = Field(
+        None, description="SQLAlchemy URL of the database for API keys, quotas, the audit log and feedback "
+        "(sqlite:///PATH or postgresql+psycopg://USER@HOST/DB). Null: $TUNELAB_DATABASE_URL, else "
+        "STATE_DIR/serve.db when it exists (`tunelab keys create` makes it), else a static key and JSONL feedback."
+    )
+    access_log: bool = Field(True, description="Log one JSON line per request (logger tunelab.access): request "
+                             "id, key id, model, tokens, latency, status. No prompt text unless log_prompts.")
+    log_prompts: bool = Field(False, description="Also record prompt and answer text in the access log and "
+                              "audit table, PII-redacted (emails, phones, keys... become <TYPE>).")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API (CORS), e.g. "
+        "['https://app.example.com']; empty (the default) sends no CORS headers."
+    )
+    shutdown_grace_s: float = Field(20.0, gt=0, le=300, description="On SIGTERM: how long requests in flight "
+                                    "may finish before they are cancelled with a clean error.")
+    body_timeout_s: float = Field(30.0, gt=0, description="A request body not fully received this long after "
+                                  "the request started is answered 408.")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        bad = [o for o in v if o != "*" and not o.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"origins are scheme://host[:port] (or '*'): {bad}")
+        return v
 
     @field_validator("public_paths")
     @classmethod

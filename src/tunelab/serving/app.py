@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,14 +17,16 @@ from fastapi.openapi.utils import get_openapi
 
 from tunelab.config.specs import ServeSpec
 from tunelab.errors import TunelabError
-from tunelab.serving.auth import Authenticator, AuthMiddleware, StaticKeyAuthenticator
+from tunelab.serving.auth import Authenticator, AuthMiddleware
 from tunelab.serving.catalog import ModelCatalog, build_catalog
 from tunelab.serving.engines.base import Engine
 from tunelab.serving.errors import install_error_handlers
-from tunelab.serving.feedback import FeedbackStore, JsonlFeedbackStore, ResponseLog
+from tunelab.serving.feedback import FeedbackStore, ResponseLog
 from tunelab.serving.handlers import Handlers, ServerState
+from tunelab.serving.lifecycle import Drain
 from tunelab.serving.limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from tunelab.serving.metrics import RequestContextMiddleware, ServingMetrics
+from tunelab.serving.operations import add_key_limits, add_operations, build_operations, metered
 from tunelab.serving.routes import build_router
 
 __all__ = ["API_KEY_ENV", "create_app", "make_engine"]
@@ -56,7 +56,7 @@ async def _load(state: ServerState) -> None:
 
             state.embedder = await asyncio.to_thread(Embedder, state.catalog.models[state.catalog.embedding_ids()[0]].weights)
         if state.engine is None:
-            state.engine = make_engine(state.catalog, state.settings)
+            state.engine = metered(make_engine(state.catalog, state.settings))
         await state.engine.start()
         log.info("ready: %s", ", ".join(state.catalog.models))
     except asyncio.CancelledError:
@@ -66,14 +66,9 @@ async def _load(state: ServerState) -> None:
         log.exception("loading the models failed")
 
 
-def _authenticator(authenticator: Authenticator | None, api_key: str | None) -> Authenticator:
-    if authenticator is not None:
-        return authenticator
-    key = api_key or os.environ.get(API_KEY_ENV)
-    if not key:
-        raise TunelabError("the server needs an API key (every route but /health is authenticated)",
-                           where="--api-key", fix=f"pass --api-key KEY or set {API_KEY_ENV}")
-    return StaticKeyAuthenticator(key)
+def _tokenizer(state: ServerState, model: str) -> Any:
+    served = state.catalog.get(model) if state.catalog is not None else None
+    return served.tokenizer if served is not None else None
 
 
 def _openapi(app: FastAPI, public_paths: list[str]):
@@ -108,41 +103,55 @@ def create_app(settings: ServeSpec, engine: Engine | None = None, catalog: Model
         engine: a ready-made engine (tests pass a fake); built from the catalog when None.
         catalog: the served models; built from `settings` in the background when None.
         embedder: an `Embedder` for /v1/embeddings; built when the catalog has an embedding model.
-        authenticator: who may call; default a static key from `api_key` or $TUNELAB_API_KEY.
+        authenticator: who may call; default the keys in the server's database (`tunelab keys`) and/or a
+            static key from `api_key` or $TUNELAB_API_KEY.
         api_key: the static key.
-        feedback_store: where /v1/feedback rows go; default JSONL files in `settings.state_dir`.
+        feedback_store: where /v1/feedback rows go; default the database when there is one, else JSONL files
+            in `settings.state_dir`.
 
     Raises:
-        TunelabError: no way to authenticate (no authenticator, key or $TUNELAB_API_KEY).
+        TunelabError: no way to authenticate (no authenticator, database keys, key or $TUNELAB_API_KEY).
     """
     from tunelab import __version__
 
-    auth = _authenticator(authenticator, api_key)
-    state = ServerState(settings, feedback_store or JsonlFeedbackStore(Path(settings.state_dir)),
-                        ResponseLog(settings.recent_responses), catalog, engine, embedder)
+    ops = build_operations(settings, authenticator, api_key, feedback_store, API_KEY_ENV)
+    state = ServerState(settings, ops.feedback, ResponseLog(settings.recent_responses), catalog, metered(engine),
+                        embedder)
     state.metrics = ServingMetrics(lambda: state.engine.stats() if state.engine and state.engine.ready() else None)
+
+    async def stop_engine() -> None:
+        if state.engine is not None:
+            await state.engine.stop()
+
+    drain = Drain(settings.shutdown_grace_s, stop_engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         task = asyncio.create_task(_load(state))
+        unhook = drain.hook_signals(asyncio.get_running_loop())
         try:
             yield
         finally:
+            unhook()
             task.cancel()
-            if state.engine is not None:
-                await state.engine.stop()
+            await drain.close()
+            await stop_engine()
+            if ops.db is not None:
+                ops.db.close()
 
     app = FastAPI(title="tunelab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible API for models and adapters trained with tunelab.")
-    app.state.tunelab = state
+    app.state.tunelab, app.state.drain = state, drain
     state.fingerprint = f"tunelab-{__version__}"
     install_error_handlers(app)
     app.include_router(build_router(Handlers(state)))
     # add_middleware puts each new layer outside the previous ones: innermost first.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(AuthMiddleware, authenticator=auth, public_paths=settings.public_paths)
+    add_key_limits(app, settings)  # per-key rate limits and quotas (429), body read timeout (408)
+    app.add_middleware(AuthMiddleware, authenticator=ops.authenticator, public_paths=settings.public_paths)
     app.add_middleware(HeaderLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes)
+    add_operations(app, settings, ops, drain, lambda model: _tokenizer(state, model))  # drain, audit, CORS
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics)
     app.openapi = _openapi(app, settings.public_paths)  # type: ignore[method-assign]
     return app

@@ -9,7 +9,9 @@ return a richer `Principal` (key id, limits) that handlers read from `scope["sta
 from __future__ import annotations
 
 import hmac
+import inspect
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,8 +32,10 @@ class Principal:
 
 
 class Authenticator(Protocol):
-    def authenticate(self, token: str | None) -> Principal:
-        """The principal for a bearer token; raises `APIError(401)` for a missing or wrong one."""
+    def authenticate(self, token: str | None) -> Principal | Awaitable[Principal]:
+        """The principal for a bearer token; raises `APIError(401)` for a missing or wrong one.
+
+        May be a coroutine (a key store reads its database off the event loop)."""
         ...
 
 
@@ -76,6 +80,8 @@ class AuthMiddleware:
             return
         try:
             principal = self.authenticator.authenticate(bearer_token(scope["headers"]))
+            if inspect.isawaitable(principal):
+                principal = await principal
         except APIError as e:
             e.headers.setdefault("WWW-Authenticate", "Bearer")
             await error_response(e)(scope, receive, send)
