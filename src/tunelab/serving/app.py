@@ -26,7 +26,13 @@ from tunelab.serving.handlers import Handlers, ServerState
 from tunelab.serving.lifecycle import Drain
 from tunelab.serving.limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from tunelab.serving.metrics import RequestContextMiddleware, ServingMetrics
-from tunelab.serving.operations import add_key_limits, add_operations, build_operations, metered
+from tunelab.serving.operations import (
+    add_key_limits,
+    add_operations,
+    build_operations,
+    document_operational_errors,
+    metered,
+)
 from tunelab.serving.routes import build_router
 
 __all__ = ["API_KEY_ENV", "create_app", "make_engine"]
@@ -85,6 +91,7 @@ def _openapi(app: FastAPI, public_paths: list[str]):
                 op.get("responses", {}).pop("422", None)
                 if path in public_paths:
                     op["security"] = []
+        document_operational_errors(schema, public_paths)  # 429 per-key limits, 408 slow body, 503 draining
         for unused in ("HTTPValidationError", "ValidationError"):
             schema["components"].get("schemas", {}).pop(unused, None)
         app.openapi_schema = schema

@@ -25,7 +25,14 @@ from tunelab.serving.lifecycle import Drain, DrainMiddleware, ReadTimeoutMiddlew
 from tunelab.serving.ratelimit import RateLimiter, RateLimitMiddleware
 from tunelab.serving.storage import Database, SqlFeedbackStore, resolve_database_url
 
-__all__ = ["Operations", "add_key_limits", "add_operations", "build_operations", "database_has_keys", "metered"]
+__all__ = ["Operations", "add_key_limits", "add_operations", "build_operations", "database_has_keys",
+           "document_operational_errors", "metered"]
+
+_ERRORS = {
+    "408": "The request body did not arrive in time (serve.body_timeout_s).",
+    "429": "The API key is over its requests per minute or tokens per day (see Retry-After).",
+    "503": "Overloaded, still loading or shutting down (see Retry-After).",
+}
 
 
 @dataclass
@@ -106,3 +113,16 @@ def add_operations(app: FastAPI, settings: ServeSpec, ops: Operations, drain: Dr
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
+
+
+def document_operational_errors(schema: dict, public_paths: list[str]) -> None:
+    """Add the answers of these layers to an OpenAPI document: 429 and 503 on authenticated operations,
+    408 on those with a body (each with the error envelope)."""
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for path, ops in schema.get("paths", {}).items():
+        if path in public_paths:
+            continue
+        for method, op in ops.items():
+            responses = op.setdefault("responses", {})
+            for code in ("429", "503", "408") if method in ("post", "put", "patch") else ("429", "503"):
+                responses.setdefault(code, {"description": _ERRORS[code], **ref})
