@@ -75,15 +75,19 @@ def base_dtype(spec: MethodSpec, precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" and not saves_full_weights(spec) else torch.float32
 
 
-def load_base_model(model_spec: ModelSpec, method: MethodSpec, precision: str) -> torch.nn.Module:
-    """The base causal LM as the method needs it: 4-bit for qlora (CUDA), else in `base_dtype`."""
+def load_base_model(model_spec: ModelSpec, method: MethodSpec, precision: str,
+                    dropout: float | None = None) -> torch.nn.Module:
+    """The base causal LM as the method needs it: 4-bit for qlora (CUDA), else in `base_dtype`.
+
+    `dropout` overrides the model's own dropout probabilities (train.dropout).
+    """
     from tunelab.models import load_causal_lm, resolve_model
 
     dtype = base_dtype(method, precision)
     if method.name == "qlora":
         check_qlora_possible(model_spec.device)
         return load_4bit_base(str(resolve_model(model_spec.name).path), method, dtype, model_spec.trust_remote_code)
-    return load_causal_lm(model_spec.name, model_spec.trust_remote_code, dtype=dtype)
+    return load_causal_lm(model_spec.name, model_spec.trust_remote_code, dtype=dtype, dropout=dropout)
 
 
 def _wrap_task(model: torch.nn.Module, spec: MethodSpec, task_type: str) -> torch.nn.Module:

@@ -20,7 +20,6 @@ from tunelab.errors import TunelabError
 from tunelab.methods import apply_method, count_parameters, estimate_training_memory_mb
 from tunelab.models import (
     autocast,
-    load_causal_lm,
     load_tokenizer,
     resolve_device,
     resolve_model,
@@ -146,13 +145,22 @@ class SFTRecipe:
                                where="train.early_stopping_metric",
                                fix="set data.split.validation > 0 or data.validation_path, or use val_loss")
 
+    @staticmethod
+    def preflight(recipe: Recipe) -> None:
+        """Conflicts between method, model and training settings, before any run folder or heavy work."""
+        from tunelab.methods import preflight
+
+        preflight(recipe)
+
     def _build_model(self) -> torch.nn.Module:
+        from tunelab.methods import base_dtype, load_base_model
+
         r = self.recipe
         # A frozen base can live in bf16 (no recasting every step, half the memory); weights that are
-        # trained stay fp32 so that small updates are not rounded away.
-        frozen_bf16 = self.precision == "bf16" and r.method.name != "full"
-        dtype = torch.bfloat16 if frozen_bf16 else torch.float32
-        model = load_causal_lm(r.model.name, r.model.trust_remote_code, dtype=dtype, dropout=r.train.dropout)
+        # trained stay fp32 so that small updates are not rounded away (tunelab.methods.base_dtype).
+        frozen_bf16 = base_dtype(r.method, self.precision) == torch.bfloat16
+        base_bytes = 0.5 if r.method.name == "qlora" else (2 if frozen_bf16 else 4)
+        model = load_base_model(r.model, r.method, self.precision, dropout=r.train.dropout)
         if r.train.gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs (LoRA) without enable_input_require_grads.
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
@@ -162,7 +170,7 @@ class SFTRecipe:
         model = apply_method(model, r.method).to(self.device)
         model.train()
         self.params = count_parameters(model)
-        mem = estimate_training_memory_mb(self.params.total, self.params.trainable, 2 if frozen_bf16 else 4)
+        mem = estimate_training_memory_mb(self.params.total, self.params.trainable, base_bytes)
         world = f" · {self.dist.world} processes" if self.dist.enabled else ""
         console.print(
             f"model [bold]{r.model.name}[/] · method [bold]{r.method.name}[/] · trainable "
@@ -421,10 +429,9 @@ class SFTRecipe:
         if not self.dist.is_main:
             return
         r, d = self.recipe, self.run_dir
-        if r.method.name == "full":
-            self.model.save_pretrained(d / "model", safe_serialization=True)
-        else:
-            self.model.save_pretrained(d / "adapter")
+        from tunelab.methods import artifact_dir
+
+        self.model.save_pretrained(d / artifact_dir(r.method), safe_serialization=True)
         self.tokenizer.save_pretrained(d / "tokenizer")
         atomic_write_json(d / "data_summary.json", self.data.summary)
         write_rejects(self.data.rejects, d / "rejects.jsonl")
