@@ -188,6 +188,21 @@ def test_decoder_classifier_trains_its_new_head_with_full_finetuning(tmp_path, t
                                predict_logits(rec.model, rows, tok.pad_token_id, 8, "cpu", "fp32"))
 
 
+@pytest.mark.parametrize("method", ["lora", "full", "freeze", "ia3", "prompt", "prefix", "ptuning"])
+def test_every_method_trains_and_saves_a_classifier(tmp_path, tiny_encoder_dir, method):
+    extra = ["method.freeze.top_k_blocks=1"] if method == "freeze" else []
+    rec, run_dir, before = _train(_classify(tmp_path, tiny_encoder_dir, f"method.name={method}",
+                                            "train.max_steps=2", "train.eval_every=100", *extra), tmp_path)
+    after = dict(rec.model.named_parameters())
+    head = [n for n in before if "classifier" in n]
+    assert head and all(not torch.equal(before[n], after[n]) for n in head)  # the new head learned
+    assert (run_dir / ("model" if method in ("full", "freeze") else "adapter")).is_dir()
+    model, tok, _ = load_classifier_run(run_dir)
+    rows = rec.data.encoded["validation"]
+    torch.testing.assert_close(predict_logits(model, rows, tok.pad_token_id, 8, "cpu", "fp32"),
+                               predict_logits(rec.model, rows, tok.pad_token_id, 8, "cpu", "fp32"))
+
+
 def test_macro_f1_interval_brackets_the_estimate():
     from sklearn.metrics import f1_score
 

@@ -3,9 +3,11 @@
 - ``sft``: `SFTRecipe` (next-token loss on assistant turns, or on every token of plain text);
 - ``pretrain``: `SFTRecipe` on plain text packed into blocks (``data.packing: blocks``, set by the recipe
   validator): the only difference from SFT is the data, so there is no second training loop;
-- ``classify``: `ClassifyRecipe` (a new sequence-classification head).
+- ``classify``: `ClassifyRecipe` (a new sequence-classification head);
+- ``preference``, ``reward``, ``grpo``/``rloo``: see docs/preferences.md.
 
-A new objective adds one line to ``RECIPES`` (module and class of its recipe).
+A new objective adds one line to ``RECIPES`` (module and class of its recipe). A recipe class may define a
+static ``preflight(recipe)`` that refuses impossible settings before a run folder is created.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "grpo": ("tunelab.recipes.rl", "OnlineRLRecipe"),
     "rloo": ("tunelab.recipes.rl", "OnlineRLRecipe"),
 }
-GENERATIVE = ("sft", "pretrain")  # objectives that train a causal LM (an encoder cannot learn them)
+GENERATIVE = ("sft", "pretrain", "preference", "grpo", "rloo")  # train a causal LM: an encoder cannot
 
 
 def recipe_class(recipe: Recipe) -> type:
