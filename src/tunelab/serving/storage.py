@@ -175,7 +175,7 @@ class Database:
             engine = create_engine(parsed, **kwargs)
         except ModuleNotFoundError as e:
             raise TunelabError(f"the driver for {self.label} is not installed ({e.name})", where="database",
-                               fix="pip install 'psycopg[binary]' (PostgreSQL)") from None
+                               fix="pip install 'tunelab[postgres]' (psycopg, for PostgreSQL)") from None
         if self.dialect == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         try:
