@@ -480,3 +480,13 @@ def test_filter_checks_the_turns_a_model_wrote():
     assert [e.raw["synthetic"]["op"] for e in kept[1:]] == ["synonym"]
     [reject] = rejects
     assert reject.where == "b.jsonl:1~paraphrase1" and "user turn" in reject.reason and reject.step == "augment"
+
+
+def test_paraphrase_that_answers_the_prompt_is_rejected():
+    rows = _rows()[1:2]  # "What is the capital city of France and why is it famous?"
+    answering = ScriptedGenerator(lambda p: "Paris is the capital of France, famous for the Eiffel Tower and its museums.")
+    _, [reject], _ = step_augment(rows, _spec(ops=["paraphrase"]), generator=answering)
+    assert reject.reason == ("answers instead of rewriting (ROUGE-L 0.69 with the answer > 0.46 with the prompt)")
+    rewriting = ScriptedGenerator(lambda p: "Which city is the capital of France, and why is it so famous?")
+    kept, rejects, _ = step_augment(rows, _spec(ops=["paraphrase"]), generator=rewriting)
+    assert not rejects and kept[1].messages[0]["content"].startswith("Which city")

@@ -404,7 +404,8 @@ def _generate(gen, prompts: list[str], spec: AugmentSpec, what: str, max_new_tok
     return out
 
 
-def _paraphrase_reason(src: str, new: str, spec: AugmentSpec) -> str | None:
+def _paraphrase_reason(src: str, new: str, spec: AugmentSpec, answer: str | None = None) -> str | None:
+    """Why a rewrite of `src` is unusable, or None; `answer`: the row's final answer when `src` is a prompt."""
     if not new.strip():
         return "empty output"
     if new.strip() == src.strip():
@@ -415,7 +416,16 @@ def _paraphrase_reason(src: str, new: str, spec: AugmentSpec) -> str | None:
     sim = rouge_l(src, new)
     if sim < spec.min_similarity:
         return f"too dissimilar (ROUGE-L {sim:.2f} < {spec.min_similarity})"
+    # Small models often answer the prompt instead of rewriting it: the output is then closer to the answer.
+    if answer and (to_answer := rouge_l(answer, new)) > sim:
+        return f"answers instead of rewriting (ROUGE-L {to_answer:.2f} with the answer > {sim:.2f} with the prompt)"
     return None
+
+
+def _answer_to(ex: Example, turn: int) -> str | None:
+    """The final answer of a chat row when `turn` is not that answer (plain text: None)."""
+    last = len(ex.messages) - 1
+    return ex.reference if ex.text is None and turn != last else None
 
 
 def _paraphrase(examples: list[Example], spec: AugmentSpec, gen, out: _Batch) -> None:
@@ -431,7 +441,8 @@ def _paraphrase(examples: list[Example], spec: AugmentSpec, gen, out: _Batch) ->
             turns = rewritten.get((id(ex), copy))
             if not turns:
                 continue
-            reasons = [r for src, new in turns.values() if (r := _paraphrase_reason(src, new, spec))]
+            reasons = [r for i, (src, new) in turns.items()
+                       if (r := _paraphrase_reason(src, new, spec, _answer_to(ex, i)))]
             if ex.text is not None:
                 messages, text = None, turns[0][1]
             else:
