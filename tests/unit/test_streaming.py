@@ -249,3 +249,52 @@ def test_report_streams_the_same_json_as_the_in_memory_audit(tmp_path, tokenizer
     assert report["eval_overlap"]["count"] >= 1 and report["pii"]["rows"] == 1
     assert report["lengths"]["truncation"]["count"] > 0
     assert html.is_file()
+
+
+def _numpy_stats(values):
+    """The report's statistics as numpy computes them on the expanded values (the in-memory definition)."""
+    import numpy as np
+
+    a = np.asarray(values, dtype=np.float64)
+    counts, edges = np.histogram(a, bins=min(20, max(1, len(np.unique(a)))))
+    r = lambda x: round(float(x), 6)  # noqa: E731
+    return {"count": int(a.size), "min": r(a.min()), "mean": r(a.mean()), "p50": r(np.percentile(a, 50)),
+            "p95": r(np.percentile(a, 95)), "max": r(a.max()),
+            "histogram": {"edges": [r(e) for e in edges], "counts": counts.tolist()}}
+
+
+def test_length_statistics_from_counts_equal_numpy_on_the_expanded_values():
+    from collections import Counter
+
+    from tunelab.data.audit import _stats
+
+    rng = random.Random(5)
+    samples = [[7], [3, 3, 3], [1, 2], list(range(40))]
+    samples += [[int(rng.paretovariate(1.3) * 50) for _ in range(rng.randint(1, 3000))] for _ in range(40)]
+    for values in samples:
+        assert _stats(Counter(values)) == _numpy_stats(values)
+
+
+def test_top_counts_are_exact_past_the_string_budget(monkeypatch):
+    from collections import Counter
+
+    import tunelab.data.stream as stream
+
+    rng = random.Random(2)
+    keys = [rng.choice(["w", "灵", "up"]) + str(int(rng.paretovariate(1.1)) % 300) for _ in range(20_000)]
+    expected = dict(sorted(((k, c) for k, c in Counter(keys).items() if k != "w1"), key=lambda kv: (-kv[1], kv[0]))[:20])
+    recovered = 0
+    for watch in (4096, 3):  # with 3 strings watched, the top needs the second pass
+        monkeypatch.setattr(stream, "_TOP_WATCH", watch)
+        counts = stream.TopCounts(keep_strings=50)
+        for i in range(0, len(keys), 999):
+            counts.add(keys[i:i + 999])
+        top = counts.top(20, {"w1"})
+        if top is None:
+            recovered += 1
+            counts.begin_recovery(20, {"w1"})
+            for i in range(0, len(keys), 700):
+                counts.recover(keys[i:i + 700])
+            top = counts.top(20, {"w1"})
+        assert top == expected and counts.total == len(keys) and counts.distinct == len(set(keys))
+    assert recovered == 1

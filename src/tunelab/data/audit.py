@@ -245,9 +245,11 @@ def _words(text: str) -> list[str]:
 def _vocab_keys(text: str) -> tuple[list[str], list[str], list[str]]:
     """Words, bigrams and trigrams of a text; n-grams made only of stop words are left out."""
     toks = _words(text)
-    grams = [[" ".join(g) for g in zip(*(toks[i:] for i in range(n)), strict=False)
-              if not all(w in _STOP_WORDS for w in g)] for n in (2, 3)]
-    return toks, grams[0], grams[1]
+    stop = [w in _STOP_WORDS for w in toks]
+    bigrams = [f"{a} {b}" for a, b, sa, sb in zip(toks, toks[1:], stop, stop[1:], strict=False) if not (sa and sb)]
+    trigrams = [f"{a} {b} {c}" for a, b, c, sa, sb, sc in zip(toks, toks[1:], toks[2:], stop, stop[1:], stop[2:],
+                                                              strict=False) if not (sa and sb and sc)]
+    return toks, bigrams, trigrams
 
 
 class _Vocabulary:

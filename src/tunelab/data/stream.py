@@ -24,6 +24,7 @@ a schema for arbitrary records. See docs/data.md ("large files").
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import json
 import os
@@ -56,6 +57,8 @@ _DEDUP_BATCH = 4096  # documents hashed per MinHash batch (as minhash_signatures
 # The shingle hasher caches each distinct word's hash; past this many words the cache is rebuilt, so that
 # a corpus with an open vocabulary (ids, numbers, typos) does not grow it without bound (~100 bytes a word).
 _HASHER_VOCAB = 500_000
+_TOP_BUFFER = 1 << 17  # TopCounts merges new keys into its sorted table in batches of this many
+_TOP_WATCH = 4096  # TopCounts keeps the strings of this many of the most frequent keys
 
 
 # ------------------------------------------------------------------------------------------- small helpers
@@ -169,7 +172,10 @@ class Spill:
         self._reader = None
 
     def append(self, item: Example | Reject) -> None:
-        line = (json.dumps(item.to_dict(), ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        # The fields, not to_dict(): dataclasses.asdict deep-copies every nested record first (it took 40% of
+        # a streaming dedup); the JSON is the same.
+        fields = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+        line = (json.dumps(fields, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         if self._offsets is not None:
             self._offsets.append(self._end)
         self._out.write(line)
@@ -327,16 +333,18 @@ class SpooledExamples:
 
 class TopCounts:
     """Counts of string keys, and the top keys by count with ties broken by the key (as
-    ``sorted(counter.items(), key=(-count, key))[:k]``), in bounded memory.
+    ``sorted(counter.items(), key=(-count, key))[:k]``), exact in bounded memory.
 
     Up to ``keep_strings`` distinct keys it is a plain `Counter`. Past that, keys are counted by a 64-bit
-    hash of their UTF-8 bytes in sorted numpy arrays (16 bytes per distinct key), and `top` returns None
-    until the keys are fed again through `recover` (a second pass over the data), which keeps only the strings
-    that can be in the top. Two keys collide with probability about distinct^2 / 2^65. (Python's hash of the
-    str itself would not do: CPython hashes a string's internal buffer, so 'up' and '灵', whose two-byte
-    code unit is b'up', collide.) Up to ``max_distinct`` distinct keys the counts are exact; past that, the
-    half with the lowest counts is dropped whenever the table overflows (lossy counting: the frequent keys
-    stay, their counts may be low by what was dropped) and `exact` turns False.
+    hash of their UTF-8 bytes in a sorted table (16 bytes per distinct key), and only the strings of the
+    currently most frequent few thousand keys are kept. `top` returns None when a key it needs has no string
+    (rare: a key that was never among the most frequent when counted); feeding the keys again through
+    `recover` (a second pass over the data) then finds them. Two keys collide with probability about
+    distinct^2 / 2^65. (Python's hash of the str itself would not do: CPython hashes a string's internal
+    buffer, so 'up' and '灵', whose two-byte code unit is b'up', collide.) Up to ``max_distinct`` distinct
+    keys the counts are exact; past that, the half with the lowest counts is dropped whenever the table
+    overflows (lossy counting: the frequent keys stay, their counts may be low by what was dropped) and
+    `exact` turns False.
     """
 
     def __init__(self, keep_strings: int = 100_000, max_distinct: int = 2_000_000):
@@ -346,39 +354,59 @@ class TopCounts:
         self._hashes = np.zeros(0, np.int64)  # (distinct,) ascending
         self._counts = np.zeros(0, np.int64)
         self._total = 0
-        self._buffer: list[int] = []
+        self._buffer, self._buffer_keys = array("q"), []  # hashes and keys not yet merged into the table
+        self._strings: dict[int, str] = {}  # hash -> key, for the most frequent keys
         self._wanted: tuple[np.ndarray, np.ndarray, int] | None = None  # set by begin_recovery
-        self._strings: dict[int, str] = {}
         self._ties: list[str] = []
 
     def add(self, keys: list[str]) -> None:
         if self._counter is not None:
             self._counter.update(keys)
-            if len(self._counter) > self.keep_strings:  # switch to hashes
-                hashes = np.array([_key_hash(k) for k in self._counter], np.int64)
-                self._hashes, inverse = np.unique(hashes, return_inverse=True)
-                counts = np.array(list(self._counter.values()), np.int64)
-                self._counts = np.bincount(inverse, counts, len(self._hashes)).astype(np.int64)
-                self._total = int(counts.sum())
-                self._counter = None
+            if len(self._counter) > self.keep_strings:
+                self._to_table()
             return
-        self._buffer += [hash(k.encode("utf-8", "surrogatepass")) for k in keys]
-        if len(self._buffer) >= 1 << 20:
+        self._buffer.extend([hash(k.encode("utf-8", "surrogatepass")) for k in keys])
+        self._buffer_keys += keys
+        if len(self._buffer) >= _TOP_BUFFER:
             self._merge()
 
-    def _merge(self) -> None:
+    def _to_table(self) -> None:
+        """Switch from the Counter to the hash table, keeping the strings of the most frequent keys."""
+        counter, self._counter = self._counter, None
+        self._buffer_keys = list(counter)
+        self._buffer = array("q", [_key_hash(k) for k in self._buffer_keys])
+        weights = np.array(list(counter.values()), np.int64)
+        self._merge(weights)
+
+    def _merge(self, weights: np.ndarray | None = None) -> None:
+        """Add the buffered hashes (each ``weights`` times, default once) to the sorted table."""
         if not self._buffer:
             return
-        new, counts = np.unique(np.array(self._buffer, np.int64), return_counts=True)
-        self._total += len(self._buffer)
-        self._buffer = []
-        hashes, inverse = np.unique(np.concatenate([self._hashes, new]), return_inverse=True)
-        self._counts = np.bincount(inverse, np.concatenate([self._counts, counts]), len(hashes)).astype(np.int64)
-        self._hashes = hashes
-        if len(hashes) > self.max_distinct:
-            keep = np.sort(np.argpartition(self._counts, len(hashes) - self.max_distinct // 2)
-                           [len(hashes) - self.max_distinct // 2:])
+        hashes = np.frombuffer(self._buffer, np.int64)
+        new, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        counts = np.bincount(inverse.ravel(), weights, len(new)).astype(np.int64)
+        self._total += int(counts.sum())
+        at = np.searchsorted(self._hashes, new)
+        found = at < len(self._hashes)
+        found[found] = self._hashes[at[found]] == new[found]
+        self._counts[at[found]] += counts[found]
+        self._hashes = np.insert(self._hashes, at[~found], new[~found])
+        self._counts = np.insert(self._counts, at[~found], counts[~found])
+        self._keep_frequent_strings(new, first)
+        self._buffer, self._buffer_keys = array("q"), []
+        if len(self._hashes) > self.max_distinct:
+            keep = np.sort(np.argpartition(self._counts, -(self.max_distinct // 2))[-(self.max_distinct // 2):])
             self._hashes, self._counts, self.exact = self._hashes[keep], self._counts[keep], False
+
+    def _keep_frequent_strings(self, new: np.ndarray, first: np.ndarray) -> None:
+        """Strings of the currently most frequent keys: those known, and those in this buffer."""
+        if len(self._hashes) > _TOP_WATCH:
+            top = self._hashes[np.argpartition(self._counts, -_TOP_WATCH)[-_TOP_WATCH:]]
+        else:
+            top = self._hashes
+        self._strings = {h: self._strings[h] for h in top.tolist() if h in self._strings}
+        for j in np.flatnonzero(np.isin(new, top)).tolist():
+            self._strings.setdefault(int(new[j]), self._buffer_keys[first[j]])
 
     @property
     def total(self) -> int:
@@ -396,30 +424,40 @@ class TopCounts:
         self._merge()
         return len(self._hashes)
 
-    def top(self, k: int, exclude: Iterable[str] = ()) -> dict[str, int] | None:
-        """The k most frequent keys (not in ``exclude``) with their counts, or None if `recover` is needed."""
-        if self._counter is not None:
-            skip = set(exclude)
-            items = [(key, c) for key, c in self._counter.items() if key not in skip]
-        elif self._wanted is None:
-            return None
-        else:
-            counts = dict(zip(self._hashes.tolist(), self._counts.tolist(), strict=True))
-            items = [(key, counts[h]) for h, key in self._strings.items()] + [(key, counts[_key_hash(key)])
-                                                                              for key in self._ties]
-        return dict(sorted(items, key=lambda kv: (-kv[1], kv[0]))[:k])
-
-    def begin_recovery(self, k: int, exclude: Iterable[str] = ()) -> None:
-        """Get ready to take the strings of the top-k candidates from the keys fed to `recover`: all keys
-        counted more often than the k-th, and the smallest of those tied with it."""
+    def _candidates(self, k: int, exclude: Iterable[str]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Hashes counted more often than the k-th key (not excluded), those tied with it, and how many of
+        the tied ones the top takes."""
         self._merge()
         ok = ~np.isin(self._hashes, np.array([_key_hash(e) for e in exclude], np.int64))
         counts = self._counts[ok]
         t = int(np.partition(counts, len(counts) - k)[len(counts) - k]) if len(counts) >= k else 0
         pos = np.flatnonzero(ok & (self._counts >= max(t, 1)))
         above, tie = pos[self._counts[pos] > t], pos[self._counts[pos] == t]
+        return np.sort(self._hashes[above]), np.sort(self._hashes[tie]), k - len(above)
+
+    def top(self, k: int, exclude: Iterable[str] = ()) -> dict[str, int] | None:
+        """The k most frequent keys (not in ``exclude``) with their counts, or None if `recover` is needed."""
+        if self._counter is not None:
+            skip = set(exclude)
+            items = [(key, c) for key, c in self._counter.items() if key not in skip]
+            return dict(sorted(items, key=lambda kv: (-kv[1], kv[0]))[:k])
+        self._merge()
+        counts = dict(zip(self._hashes.tolist(), self._counts.tolist(), strict=True))
+        if self._wanted is not None:
+            keys = list(self._strings.values()) + self._ties
+        else:
+            above, tie, _ = self._candidates(k, exclude)
+            if not all(h in self._strings for h in above.tolist() + tie.tolist()):
+                return None
+            keys = [self._strings[h] for h in above.tolist() + tie.tolist()]
+        items = [(key, counts[_key_hash(key)]) for key in keys]
+        return dict(sorted(items, key=lambda kv: (-kv[1], kv[0]))[:k])
+
+    def begin_recovery(self, k: int, exclude: Iterable[str] = ()) -> None:
+        """Get ready to take the strings of the top-k candidates from the keys fed to `recover`: all keys
+        counted more often than the k-th, and the smallest of those tied with it."""
+        self._wanted = self._candidates(k, exclude)
         self._strings, self._ties = {}, []
-        self._wanted = (np.sort(self._hashes[above]), np.sort(self._hashes[tie]), k - len(above))
 
     def recover(self, keys: list[str]) -> None:
         """Feed keys again (any order, repeats allowed) after `begin_recovery`."""
@@ -490,11 +528,11 @@ class DedupDecision:
 class DedupIndex:
     """The state `tunelab.data.dedup.dedup_plan` needs, collected one row at a time.
 
-    Per row it keeps a 16-byte digest of the normalised text (exact duplicates), the LSH band keys of its
-    MinHash signature (8 bytes per band: 128 bytes at the default 16 bands) and the text's length (the
-    longest text of a cluster is kept); the signatures themselves (num_perm * 4 bytes per row) go to a file
-    and are read back only for candidate pairs. `plan` then decides exactly what ``dedup_plan`` decides for
-    the same texts in the same order: signatures do not depend on batching, and candidates are searched
+    Memory holds 24 bytes per row: a 16-byte digest of the normalised text (exact duplicates) and the text's
+    length (the longest text of a cluster is kept). The MinHash signatures (num_perm * 4 bytes per row) and
+    their LSH band keys (8 bytes per band) go to files in ``workdir``: `plan` loads one band's keys at a
+    time and reads signatures back only for candidate pairs. It decides exactly what ``dedup_plan`` decides
+    for the same texts in the same order: signatures do not depend on batching, and candidates are searched
     among the first row of each exact-duplicate group, in row order, as there.
     """
 
@@ -507,9 +545,11 @@ class DedupIndex:
         self._pending: list[str] = []
         self._lengths = array("q")
         self._digests: list[np.ndarray] = []  # (k, 2) uint64 per batch
-        self._keys: list[np.ndarray] = []  # (k, bands) uint64 per batch
+        self._batches: list[int] = []  # rows per batch in the key file
         fd, sig_path = tempfile.mkstemp(prefix="signatures-", suffix=".u32", dir=workdir)
         self._sig_path, self._sig_file = Path(sig_path), os.fdopen(fd, "wb")
+        fd, key_path = tempfile.mkstemp(prefix="bands-", suffix=".u64", dir=workdir)
+        self._key_path, self._key_file = Path(key_path), os.fdopen(fd, "wb")  # per batch: (bands, k) keys
 
     def __len__(self) -> int:
         return len(self._lengths) + len(self._pending)
@@ -534,9 +574,20 @@ class DedupIndex:
                 self._hasher = _ShingleHasher(self.params)
             sig = _min_hash(*self._hasher.batch(texts), *self._perm)  # (k, num_perm) uint32
             r = self.params.rows
-            self._keys.append(np.stack([_band_keys(sig[:, b * r:(b + 1) * r]) for b in range(self.params.bands)],
-                                       axis=1))
+            np.stack([_band_keys(sig[:, b * r:(b + 1) * r]) for b in range(self.params.bands)]).tofile(self._key_file)
+            self._batches.append(len(texts))
             sig.tofile(self._sig_file)
+
+    def _band(self, band: int) -> np.ndarray:
+        """(n,) uint64: one band's keys of every row, read from the key file."""
+        out = np.empty(sum(self._batches), np.uint64)
+        with open(self._key_path, "rb") as f:
+            offset = row = 0
+            for k in self._batches:
+                f.seek(offset + band * k * 8)
+                out[row:row + k] = np.fromfile(f, "<u8", k)
+                offset, row = offset + self.params.bands * k * 8, row + k
+        return out
 
     def _leaders(self, n: int) -> np.ndarray:
         """(n,) the first row with the same digest as each row (the row itself without exact dedup)."""
@@ -558,8 +609,7 @@ class DedupIndex:
         uniq = np.flatnonzero(leader == np.arange(len(leader)))
         codes = []
         for band in range(self.params.bands):  # one band's keys in memory at a time: 8 bytes a row
-            codes += _bucket_pairs(np.concatenate([k[:, band] for k in self._keys])[uniq])
-        self._keys = []
+            codes += _bucket_pairs(self._band(band)[uniq])
         if not codes:
             return np.empty((0, 2), np.int64)
         flat = np.unique(np.concatenate(codes))  # a pair found in several bands counts once
@@ -570,6 +620,7 @@ class DedupIndex:
         """Which rows to drop, and why (call once, after the last `add`)."""
         self._flush()
         self._sig_file.close()
+        self._key_file.close()
         n = len(self._lengths)
         leader = self._leaders(n)
         rows = np.arange(n, dtype=np.int64)
@@ -599,8 +650,9 @@ class DedupIndex:
         return decision
 
     def close(self) -> None:
-        self._sig_file.close()
-        self._sig_path.unlink(missing_ok=True)
+        for f, path in ((self._sig_file, self._sig_path), (self._key_file, self._key_path)):
+            f.close()
+            path.unlink(missing_ok=True)
 
 
 def _components(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
