@@ -344,3 +344,11 @@ def test_slow_request_body_gets_408():
     slow, fast = asyncio.run(run(True)), asyncio.run(run(False))
     assert slow[0]["status"] == 408 and json.loads(slow[1]["body"])["error"]["code"] == "body_timeout"
     assert fast[0]["status"] == 200
+
+
+def test_serve_with_a_database_and_no_key_refuses_to_start(capsys, tiny_model_dir, db_url, monkeypatch):
+    # A configured database means keys are managed there: no session key is made (and printed into logs).
+    monkeypatch.delenv("TUNELAB_API_KEY", raising=False)
+    code, out, err = cli(capsys, "serve", str(tiny_model_dir), "--db", db_url, "--port", "1")
+    assert code == 2 and "needs an API key" in err and "tunelab keys create" in err
+    assert "tlk_" not in out + err and "tl-" not in out + err

@@ -16,6 +16,7 @@ from tunelab.serving.auth import generate_key
 from tunelab.serving.catalog import build_catalog
 from tunelab.serving.operations import database_has_keys
 from tunelab.serving.snippets import client_snippets
+from tunelab.serving.storage import DATABASE_ENV
 from tunelab.util.console import console
 
 __all__ = ["serve"]
@@ -30,7 +31,9 @@ def serve(settings: ServeSpec, api_key: str | None = None, ssl_keyfile: str | No
     key = api_key or os.environ.get(API_KEY_ENV)
     shown = f"${API_KEY_ENV}" if key else None
     db_keys = database_has_keys(settings)  # keys from `tunelab keys create`: no session key is made
-    if not key and not db_keys:
+    # With a database configured on purpose (containers set $TUNELAB_DATABASE_URL), keys are managed there:
+    # no session key is printed into logs; without keys, create_app refuses to start (exit 2).
+    if not key and not db_keys and not (settings.database or os.environ.get(DATABASE_ENV)):
         key = shown = generate_key()
     app = create_app(settings, catalog=catalog, api_key=key)
     scheme = "https" if ssl_certfile else "http"
