@@ -352,3 +352,19 @@ def test_serve_with_a_database_and_no_key_refuses_to_start(capsys, tiny_model_di
     code, out, err = cli(capsys, "serve", str(tiny_model_dir), "--db", db_url, "--port", "1")
     assert code == 2 and "needs an API key" in err and "tunelab keys create" in err
     assert "tlk_" not in out + err and "tl-" not in out + err
+
+
+def test_unreadable_key_database_answers_503_not_500(fake_app, db_url, tmp_path):
+    key, _ = new_key(db_url)
+    client, engine, _ = fake_app(database=db_url)
+    with client:
+        assert client.get("/v1/models", headers=bearer(key)).status_code == 200
+        db = Database(db_url)
+        with db.begin() as conn:  # the table vanishing stands for any database failure
+            conn.exec_driver_sql("ALTER TABLE api_keys RENAME TO api_keys_gone")
+        db.close()
+        r = client.get("/v1/models", headers=bearer(key))
+        static = client.get("/v1/models", headers=AUTH)  # a static key never reaches the database
+    err = assert_envelope(r, 503)
+    assert err["code"] == "auth_unavailable" and r.headers["retry-after"] == "5"
+    assert static.status_code == 200

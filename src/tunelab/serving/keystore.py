@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -25,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from tunelab.errors import TunelabError
 from tunelab.serving.auth import Authenticator, Principal
@@ -34,6 +36,7 @@ from tunelab.serving.storage import Database, api_keys, as_utc, audit_log, key_u
 __all__ = ["KEY_PREFIX", "KeyInfo", "KeyStore", "KeyStoreAuthenticator", "hash_secret", "parse_key",
            "verify_secret"]
 
+log = logging.getLogger("tunelab.serving")
 KEY_PREFIX = "tlk"
 _KEY = re.compile(r"^tlk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})$")
 # scrypt cost: n=2**12, r=8 is 4 MiB and a few ms per check; stored with each hash so it can be raised.
@@ -215,7 +218,12 @@ class KeyStoreAuthenticator:
         if token is None:
             raise APIError(401, "missing API key: send 'Authorization: Bearer KEY'", code="missing_api_key")
         parsed = parse_key(token)
-        found = await asyncio.to_thread(self.store.lookup, parsed[0]) if parsed else None
+        try:
+            found = await asyncio.to_thread(self.store.lookup, parsed[0]) if parsed else None
+        except SQLAlchemyError:
+            log.exception("the key database cannot be read")
+            raise APIError(503, "API keys cannot be checked right now (the key database is unavailable)",
+                           code="auth_unavailable", headers={"Retry-After": "5"}) from None
         if found is None:
             # Not one of ours: the static key (if any) decides. Which key ids exist is not a secret.
             if self.fallback is None:
