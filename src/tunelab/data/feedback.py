@@ -111,7 +111,9 @@ def _row(where: str, rec: dict[str, Any], scale: str) -> FeedbackRow:
     good = _verdict(rec["rating"], scale)
     if good is None:
         raise _Bad("neutral rating (3 of 5 stars)")
-    return FeedbackRow(prompt, _text(rec.get("response"), "response"), good, where, meta=meta, raw=rec)
+    # The server's ratings file (serving/feedback.py) names the answer `completion` (the KTO field): accept both.
+    field = "response" if "response" in rec or "completion" not in rec else "completion"
+    return FeedbackRow(prompt, _text(rec.get(field), field), good, where, meta=meta, raw=rec)
 
 
 def read_feedback(path: str | Path, scale: Literal["auto", "thumbs", "stars"] = "auto",
