@@ -225,17 +225,28 @@ def test_pair_stats_and_findings(tmp_path):
 _WRONG = ["red", "green", "black", "white", "yellow"]
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # The training tests run with model.threads=1 (fast on a shared CPU); later tests get the threads back.
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def _sky(tmp_path: Path, n: int = 24) -> Path:
     """Toy preference set: the sky's colour is chosen, a wrong colour is rejected (learnable in a few steps)."""
     rows = [{"prompt": f"Q{i}: colour of a clear sky?", "chosen": "blue", "rejected": _WRONG[i % 5]} for i in range(n)]
     return _write(tmp_path, rows, "sky.jsonl")
 
 
-def _recipe(tmp_path: Path, model_dir: Path, loss: str, method: str = "lora", **train):
+def _recipe(tmp_path: Path, model_dir: Path, loss: str, method: str = "lora", validation: float = 0.0, **train):
     from tunelab.config.loading import load_recipe
 
-    overrides = [f"data.path={_sky(tmp_path)}", "data.split.validation=0.25", "data.split.test=0.0",
-                 "data.max_length=64", f"model.name={model_dir}", "model.precision=fp32", f"method.name={method}",
+    overrides = [f"data.path={_sky(tmp_path)}", f"data.split.validation={validation}", "data.split.test=0.0",
+                 "data.max_length=64", f"model.name={model_dir}", "model.precision=fp32", "model.threads=1",
+                 f"method.name={method}",
                  "train.objective=preference", "train.max_steps=6", "train.batch_size=6", "train.lr=0.02",
                  "train.warmup_ratio=0.0", "train.scheduler=constant", "train.log_every=1",
                  f"preference.loss={loss}", f"output.dir={tmp_path / 'runs'}", f"output.name={loss}-{method}"]
@@ -261,8 +272,6 @@ def test_objective_learns_the_preference(tmp_path, tiny_model_dir, loss, method)
     assert len(train) == 6 and all(k in train[0] for k in ("rewards_chosen", "rewards_rejected", "reward_margin"))
     assert train[-1]["loss"] < train[0]["loss"]
     assert train[-1]["reward_margin"] > train[0]["reward_margin"]
-    val = [r for r in _rows(run) if "val_loss" in r]
-    assert val[0]["step"] == 0 and val[-1]["step"] == 6 and "val_reward_margin" in val[-1]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["steps"] == 6 and summary["real_tokens"] > 0 and summary["loss"] == loss
     artifact = run / ("model" if method == "full" else "adapter")
@@ -276,8 +285,9 @@ def test_objective_learns_the_preference(tmp_path, tiny_model_dir, loss, method)
 def test_evaluation_before_and_after(tmp_path, tiny_model_dir):
     from tunelab import pipeline
 
-    run = _train(_recipe(tmp_path, tiny_model_dir, "sigmoid", eval_every=3))
-    assert [r["step"] for r in _rows(run) if "val_loss" in r] == [0, 3, 6]
+    run = _train(_recipe(tmp_path, tiny_model_dir, "sigmoid", validation=0.25, eval_every=3))
+    val = [r for r in _rows(run) if "val_loss" in r]
+    assert [r["step"] for r in val] == [0, 3, 6] and val[-1]["val_reward_margin"] > val[0]["val_reward_margin"]
     result = pipeline.evaluate(run)
     assert result["task"] == "preference" and result["split"] == "validation" and result["n"] > 0
     assert result["base"]["reward_accuracy"] == 0.5  # the untrained policy is the reference: every reward is 0
@@ -439,6 +449,8 @@ def test_cli_from_feedback_and_report(tmp_path, capsys):
     assert "bad.jsonl:1" in capsys.readouterr().err
     only_good = _write(tmp_path, [{"prompt": "Q", "response": "A", "rating": 1}], "good.jsonl")
     assert main(["data", "from-feedback", str(only_good), "-o", str(tmp_path / "z")]) == 2
+    assert main(["data", "from-feedback", str(only_good), "-o", str(tmp_path / "w"), "format=pairs"]) == 2
+    assert "takes no data overrides" in capsys.readouterr().err
     rows = [{"prompt": f"q{i}", "chosen": "long answer " * 5, "rejected": "short"} for i in range(25)]
     rows.append({"prompt": "q", "chosen": "same", "rejected": "same"})
     prefs = _write(tmp_path, rows, "prefs.jsonl")

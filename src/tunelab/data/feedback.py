@@ -32,7 +32,7 @@ from tunelab.util.io import atomic_write_json, atomic_write_text, sha256_file
 
 __all__ = ["FeedbackRow", "feedback_to_dataset", "read_feedback"]
 
-_META = ("id", "timestamp", "model")
+_META = ("id", "timestamp", "created", "model", "response_id")  # provenance carried into `source`
 
 
 @dataclass

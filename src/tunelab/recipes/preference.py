@@ -45,6 +45,7 @@ from tunelab.methods import (
     load_base_model,
     saves_full_weights,
 )
+from tunelab.methods import preflight as method_preflight
 from tunelab.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model, resolve_precision
 from tunelab.recipes.preference_eval import prepare_preference
 from tunelab.training.optim import build_optimizer, build_scheduler
@@ -226,6 +227,7 @@ class PreferenceRecipe:
         if recipe.preference.loss == "kto" and t.batch_size < 2:
             raise TunelabError("KTO estimates its KL term from mismatched rows of a batch; batch_size=1 has none",
                                where="train.batch_size", fix="use train.batch_size >= 2")
+        method_preflight(recipe)  # the method against the model (qlora without CUDA, unknown target modules, ...)
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
