@@ -127,7 +127,7 @@ def print_comparison(result: dict[str, Any]) -> None:
     for k in keys:
         b, t = base.get(k), tuned.get(k)
         change = f"{t - b:+.4f}" if isinstance(b, float) else "-"
-        if k == main and isinstance(b, float):
+        if k == main and isinstance(b, float) and 0 <= min(b, t) <= max(b, t) <= 1:  # percentage points of fractions
             change = f"{100 * (t - b):+.1f} points"
         table.add_row(f"[bold]{k}[/]" if k == main else k, _fmt(b), _fmt(t), change)
     console.print(table)

@@ -376,3 +376,11 @@ def test_cli_prints_one_line_and_exits_2_for_impossible_objectives(tmp_path, cap
     assert len(err) == 1 and "train.objective, data.packing" in err[0]
     assert main(["validate", str(recipe), "data.path=null", "data.mixture=[{path: a.jsonl, wieght: 2}]"]) == 2
     assert "data.mixture[0].wieght" in capsys.readouterr().err
+
+
+def test_perplexity_change_is_not_printed_as_percentage_points(capsys):
+    pipeline.print_comparison({"task": "perplexity", "n": 3, "split": "test",
+                               "base": {"perplexity": 79.4, "loss": 4.37},
+                               "tuned": {"main": "perplexity", "perplexity": 43.2, "loss": 3.77}})
+    out = capsys.readouterr().err  # the console writes to stderr
+    assert "-36.2000" in out and "points" not in out
