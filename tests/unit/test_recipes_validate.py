@@ -18,4 +18,5 @@ def test_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.data.path
     header = path.read_text().splitlines()[:6]
-    assert any("tunelab run" in line or "make demo" in line for line in header), "header must give the command"
+    assert any(c in line for line in header for c in ("tunelab run", "tunelab train", "tunelab sweep", "make demo")), \
+        "header must give the command"
