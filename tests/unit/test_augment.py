@@ -337,7 +337,8 @@ def test_back_translation_pairs_and_filters():
         answers[1]: answers[1],
         answers[2]: "",
         answers[3]: "Why?",
-        answers[4]: "The instruction for this text would be: \"Tell me the story of Moby-Dick in one sentence.\"",
+        answers[4]: "The instruction for this text would be: \"Tell me the story of Moby-Dick in one sentence.\"\n"
+                    "The user wants a short summary.",
     }))
     kept, rejects, report = step_augment(_rows(), _spec(ops=["back_translate"]), generator=gen)
     _check_counts(5, kept, rejects, report)

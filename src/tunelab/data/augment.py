@@ -375,10 +375,16 @@ _NEXT_ITEM = re.compile(r"\n\s*(?:task\s*\d+\s*:|\d+[.)]\s)", re.I)
 
 
 def _clean_output(text: str, single: bool = False) -> str:
-    """A generated answer without a leading label ("New task:", "3.") or quotes; `single`: cut at the next item."""
+    """A generated answer without a leading label ("New task:", "3.") or quotes.
+
+    `single` (one instruction wanted): also cut at the next numbered item, and keep only a leading quoted
+    sentence when commentary follows it ('"Which city ...?" The user wants ...').
+    """
     text = _LABEL.sub("", _PREAMBLE.sub("", _unquote(text), count=1), count=1).strip()
     if single:
         text = _NEXT_ITEM.split(text, maxsplit=1)[0].strip()
+        if quoted := re.match(r"[\"“]([^\"”\n]+)[\"”]", text):
+            text = quoted.group(1)
     return _unquote(text)
 
 
