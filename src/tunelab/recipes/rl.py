@@ -160,6 +160,7 @@ class OnlineRLRecipe:
         self.metrics = MetricsLog(run_dir / "metrics.jsonl")
         self.reference: torch.nn.Module | None = None
         self.held_out: dict[str, float | None] = {"before": None, "after": None}
+        self._step = 0  # the optimizer step the held-out rows are logged at
 
     @staticmethod
     def preflight(recipe: Recipe, dist: Any = None, resume: bool = False) -> None:
@@ -299,12 +300,11 @@ class OnlineRLRecipe:
         self.model.train(was_training)
         total, per = weighted_total(self.rewards, self.eval_rows, answers)
         value = sum(total) / len(total)
-        self.metrics.log(step=getattr(self, "_step", 0), val_reward=round(value, 5),
+        self.metrics.log(step=self._step, val_reward=round(value, 5),
                          **{f"val_reward/{k}": round(sum(v) / len(v), 5) for k, v in per.items()})
         return value
 
     def train(self) -> dict[str, Any]:
-        self._step = 0
         self.held_out["before"] = self.held_out_reward("before")
         with TrainProgress(self.total_steps) as progress:
             bridge = TrlBridge(self.metrics, progress, RL_KEYS)
@@ -377,10 +377,13 @@ def _write_reward_plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("mean reward (sampled completions)")
     kl = [(p[0], p[2]) for p in pts if p[2] is not None]
+    handles = ax.get_lines()
     if kl:
         ax2 = ax.twinx()
-        ax2.plot([p[0] for p in kl], [p[1] for p in kl], color="#ea580c", lw=1, label="KL")
+        ax2.plot([p[0] for p in kl], [p[1] for p in kl], color="#ea580c", lw=1, label="KL to reference")
         ax2.set_ylabel("KL to reference")
+        handles = [*handles, *ax2.get_lines()]
+    ax.legend(handles=handles, loc="upper left", fontsize=8, frameon=False)
     ax.set_title("online RL: reward per step", loc="left", fontsize=11, fontweight="bold")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
