@@ -117,7 +117,7 @@ def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, 
 
 
 @pytest.mark.parametrize(("sweep", "match"), [
-    ({"space": {"train.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "did you mean 'lr'"),
+    ({"space": {"train.lrr": {"type": "float", "low": 0.1, "high": 0.2}}}, "did you mean 'train.lr'"),
     ({"space": {"method.name": {"type": "categorical", "choices": ["lora", "magic"]}}}, "method.name"),
     ({"space": {"train.lr": {"type": "float", "low": 0.1, "high": 0.2}}, "metric": "bleu"}, "not produced"),
     ({"space": {"train.lr": {"type": "float", "low": 0.1, "high": 0.2}}, "strategy": "grid"}, "needs a step"),
