@@ -65,7 +65,6 @@ _BINS = 20  # histogram bins
 _TOKEN_BATCH = 512
 _EVAL_BATCH = 8192  # rows per evaluation-overlap lookup
 _CHUNK = 512  # rows each section sees in a row
-_VOCAB_MAX_DISTINCT = (2_000_000, 1_000_000, 1_000_000)  # words, bigrams, trigrams counted exactly (16 B each)
 _LABEL_MAX_CLASSES, _LABEL_MAX_WORDS = 30, 4
 _TEMPLATE_MIN_PROMPTS = 20  # with this many distinct prompts, a prefix/suffix they all share is a template
 _ROLES = ("system", "user", "assistant")
@@ -253,15 +252,15 @@ def _vocab_keys(text: str) -> tuple[list[str], list[str], list[str]]:
 
 
 class _Vocabulary:
-    """Words and n-grams of the final answers (of the texts, when no row has an answer), counted exactly by
-    hash (`tunelab.data.stream.TopCounts`); a second pass finds the top keys' strings when there are many."""
+    """Words and n-grams of the final answers (of the texts, when no row has an answer), counted exactly
+    (`tunelab.data.stream.TopCounts`: in memory while small, then by hash in partition files in ``workdir``);
+    a second pass finds the top keys' strings in the rare case that they were not kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path) -> None:
         from tunelab.data.stream import TopCounts
 
-        # Distinct words stay exact up to 2M; n-gram tables are cut to their frequent half past 1M keys.
-        self.of_answers = [TopCounts(max_distinct=m) for m in _VOCAB_MAX_DISTINCT]
-        self.of_texts = [TopCounts(max_distinct=m) for m in _VOCAB_MAX_DISTINCT]
+        self.of_answers = [TopCounts(workdir) for _ in range(3)]
+        self.of_texts = [TopCounts(workdir) for _ in range(3)]
         self.any_answer = self.any_messages = False
 
     @staticmethod
@@ -300,8 +299,8 @@ class _Vocabulary:
         out = {"of": "assistant" if self.any_messages else "text", "words": words.total,
                "distinct_words": words.distinct, "top_words": tops[0], "top_bigrams": tops[1],
                "top_trigrams": tops[2]}
-        if not all(c.exact for c in counters):  # only past millions of distinct n-grams
-            out["approximate"] = True
+        for c in self.of_answers + self.of_texts:
+            c.close()
         return out
 
 
@@ -733,7 +732,8 @@ def audit_examples(examples: Sequence[Example], rejects: Iterable[Reject], *, to
     """
     source = dict(source or {})
     with tempfile.TemporaryDirectory(prefix="tunelab-audit-", dir=workdir) as work:
-        lengths, turns, vocabulary, languages = _Lengths(tokenizer, max_length), _Turns(), _Vocabulary(), _Languages()
+        lengths, turns, vocabulary = _Lengths(tokenizer, max_length), _Turns(), _Vocabulary(Path(work))
+        languages = _Languages()
         duplicates, pii, labels, refusals = _Duplicates(Path(work)), _Pii(), _Labels(), _Refusals()
         degenerate, inconsistent, overlap = _Degenerate(), _Inconsistent(Path(work)), _EvalOverlap(eval_texts)
         sections = (lengths, turns, vocabulary, languages, duplicates, pii, labels, refusals, degenerate, inconsistent,

@@ -56,9 +56,14 @@ _DECONTAM_BATCH = 8192  # training rows per contamination lookup (as find_contam
 _DEDUP_BATCH = 4096  # documents hashed per MinHash batch (as minhash_signatures batches them)
 # The shingle hasher caches each distinct word's hash; past this many words the cache is rebuilt, so that
 # a corpus with an open vocabulary (ids, numbers, typos) does not grow it without bound (~100 bytes a word).
-_HASHER_VOCAB = 500_000
-_TOP_BUFFER = 1 << 17  # TopCounts merges new keys into its sorted table in batches of this many
+_HASHER_VOCAB = 200_000
+_TOP_BUFFER = 1 << 17  # TopCounts writes keys to its partition files in batches of this many
 _TOP_WATCH = 4096  # TopCounts keeps the strings of this many of the most frequent keys
+_TOP_TABLE = 1 << 16  # ... chosen by running counts of this many keys (the rest restart from 0 when dropped)
+_TOP_PART_BITS = 6
+_TOP_PARTS = 1 << _TOP_PART_BITS  # partition files: one at a time in memory when counting
+_SIGNATURE_PAIRS = 4096  # pairs compared per mapping of the signature file (<= 4 MB of its pages resident)
+_PAIR_CODES = 1 << 22  # candidate pairs from several bands are merged past this many (32 MB)
 
 
 # ------------------------------------------------------------------------------------------- small helpers
@@ -332,108 +337,145 @@ class SpooledExamples:
 
 
 class TopCounts:
-    """Counts of string keys, and the top keys by count with ties broken by the key (as
-    ``sorted(counter.items(), key=(-count, key))[:k]``), exact in bounded memory.
+    """Exact counts of string keys, and the top keys by count with ties broken by the key (as
+    ``sorted(counter.items(), key=(-count, key))[:k]``), in bounded memory.
 
     Up to ``keep_strings`` distinct keys it is a plain `Counter`. Past that, keys are counted by a 64-bit
-    hash of their UTF-8 bytes in a sorted table (16 bytes per distinct key), and only the strings of the
-    currently most frequent few thousand keys are kept. `top` returns None when a key it needs has no string
-    (rare: a key that was never among the most frequent when counted); feeding the keys again through
-    `recover` (a second pass over the data) then finds them. Two keys collide with probability about
-    distinct^2 / 2^65. (Python's hash of the str itself would not do: CPython hashes a string's internal
-    buffer, so 'up' and '灵', whose two-byte code unit is b'up', collide.) Up to ``max_distinct`` distinct
-    keys the counts are exact; past that, the half with the lowest counts is dropped whenever the table
-    overflows (lossy counting: the frequent keys stay, their counts may be low by what was dropped) and
-    `exact` turns False.
+    hash of their UTF-8 bytes: each batch's (hash, count) pairs go to one of 64 partition files in
+    ``workdir`` by the hash's top bits (16 bytes of disk per distinct key per batch), and the counts are exact
+    sums over a partition, one partition in memory at a time. Memory keeps the strings of the most frequent few thousand keys, chosen by a small running table of
+    approximate counts; `top` returns None when a key it needs has no string (rare: a key that was never
+    among the most frequent while counting), and feeding the keys again through `recover` (a second pass
+    over the data) then finds it. Two keys collide with probability about distinct^2 / 2^65. (Python's hash
+    of the str itself would not do: CPython hashes a string's internal buffer, so 'up' and '灵', whose
+    two-byte code unit is b'up', collide.)
     """
 
-    def __init__(self, keep_strings: int = 100_000, max_distinct: int = 2_000_000):
-        self.keep_strings, self.max_distinct = keep_strings, max_distinct
-        self.exact = True
-        self._counter: Counter | None = Counter()  # None once counting by hash
-        self._hashes = np.zeros(0, np.int64)  # (distinct,) ascending
-        self._counts = np.zeros(0, np.int64)
-        self._total = 0
-        self._buffer, self._buffer_keys = array("q"), []  # hashes and keys not yet merged into the table
+    def __init__(self, workdir: str | Path | None = None, keep_strings: int = 100_000):
+        self.workdir, self.keep_strings = workdir, keep_strings
+        self._counter: Counter | None = Counter()  # None once counting on disk
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._parts: list[Any] = []
+        self._buffer, self._buffer_keys = array("q"), []  # hashes and keys not yet written
+        self._watch = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # running (hash, approx. count), sorted
         self._strings: dict[int, str] = {}  # hash -> key, for the most frequent keys
-        self._wanted: tuple[np.ndarray, np.ndarray, int] | None = None  # set by begin_recovery
+        self._finished: dict[str, Any] | None = None
         self._ties: list[str] = []
+
+    # ------------------------------------------------------------------------------------------ counting
 
     def add(self, keys: list[str]) -> None:
         if self._counter is not None:
             self._counter.update(keys)
             if len(self._counter) > self.keep_strings:
-                self._to_table()
+                self._to_disk()
             return
         self._buffer.extend([hash(k.encode("utf-8", "surrogatepass")) for k in keys])
         self._buffer_keys += keys
         if len(self._buffer) >= _TOP_BUFFER:
-            self._merge()
+            self._flush()
 
-    def _to_table(self) -> None:
-        """Switch from the Counter to the hash table, keeping the strings of the most frequent keys."""
+    def _to_disk(self) -> None:
+        """Move the Counter's counts to the partition files, keeping the strings of its most frequent keys."""
         counter, self._counter = self._counter, None
-        self._buffer_keys = list(counter)
-        self._buffer = array("q", [_key_hash(k) for k in self._buffer_keys])
-        weights = np.array(list(counter.values()), np.int64)
-        self._merge(weights)
+        self._tmp = tempfile.TemporaryDirectory(prefix="topcounts-", dir=self.workdir)
+        self._parts = [open(Path(self._tmp.name) / f"{p:02d}.i64", "w+b") for p in range(_TOP_PARTS)]  # noqa: SIM115
+        keys = list(counter)
+        hashes = np.array([_key_hash(k) for k in keys], np.int64)
+        counts = np.array([counter[k] for k in keys], np.int64)
+        self._write(hashes, counts)
+        order = np.argsort(hashes)
+        self._watch_counts(hashes[order], counts[order])
+        self._strings = {int(hashes[i]): keys[i] for i in np.argsort(-counts, kind="stable")[:_TOP_WATCH].tolist()}
 
-    def _merge(self, weights: np.ndarray | None = None) -> None:
-        """Add the buffered hashes (each ``weights`` times, default once) to the sorted table."""
+    def _write(self, hashes: np.ndarray, counts: np.ndarray) -> None:
+        """Append (hash, count) pairs to the partition of each hash (by its top bits)."""
+        part = (hashes.view(np.uint64) >> np.uint64(64 - _TOP_PART_BITS)).astype(np.int64)
+        order = np.argsort(part, kind="stable")
+        pairs = np.stack([hashes[order], counts[order]], axis=1)  # (n, 2) int64
+        ends = np.cumsum(np.bincount(part, minlength=_TOP_PARTS))
+        for p, (lo, hi) in enumerate(zip(np.r_[0, ends[:-1]], ends, strict=True)):
+            if hi > lo:
+                self._parts[p].write(pairs[lo:hi].tobytes())
+
+    def _flush(self) -> None:
+        """Write the buffered keys' counts to the partitions; update the running table and the kept strings."""
         if not self._buffer:
             return
-        hashes = np.frombuffer(self._buffer, np.int64)
-        new, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-        counts = np.bincount(inverse.ravel(), weights, len(new)).astype(np.int64)
-        self._total += int(counts.sum())
-        at = np.searchsorted(self._hashes, new)
-        found = at < len(self._hashes)
-        found[found] = self._hashes[at[found]] == new[found]
-        self._counts[at[found]] += counts[found]
-        self._hashes = np.insert(self._hashes, at[~found], new[~found])
-        self._counts = np.insert(self._counts, at[~found], counts[~found])
-        self._keep_frequent_strings(new, first)
-        self._buffer, self._buffer_keys = array("q"), []
-        if len(self._hashes) > self.max_distinct:
-            keep = np.sort(np.argpartition(self._counts, -(self.max_distinct // 2))[-(self.max_distinct // 2):])
-            self._hashes, self._counts, self.exact = self._hashes[keep], self._counts[keep], False
-
-    def _keep_frequent_strings(self, new: np.ndarray, first: np.ndarray) -> None:
-        """Strings of the currently most frequent keys: those known, and those in this buffer."""
-        if len(self._hashes) > _TOP_WATCH:
-            top = self._hashes[np.argpartition(self._counts, -_TOP_WATCH)[-_TOP_WATCH:]]
-        else:
-            top = self._hashes
+        new, first, counts = np.unique(np.frombuffer(self._buffer, np.int64), return_index=True, return_counts=True)
+        self._write(new, counts)
+        self._watch_counts(new, counts)
+        top = self._top_watched()
         self._strings = {h: self._strings[h] for h in top.tolist() if h in self._strings}
         for j in np.flatnonzero(np.isin(new, top)).tolist():
             self._strings.setdefault(int(new[j]), self._buffer_keys[first[j]])
+        self._buffer, self._buffer_keys = array("q"), []
+
+    def _watch_counts(self, new: np.ndarray, counts: np.ndarray) -> None:
+        """Running counts of the frequent keys (approximate: a key dropped from the table restarts at 0)."""
+        hashes, totals = self._watch
+        merged, inverse = np.unique(np.concatenate([hashes, new]), return_inverse=True)
+        totals = np.bincount(inverse.ravel(), np.concatenate([totals, counts]), len(merged)).astype(np.int64)
+        if len(merged) > _TOP_TABLE:
+            keep = np.sort(np.argpartition(totals, -_TOP_TABLE // 2)[-_TOP_TABLE // 2:])
+            merged, totals = merged[keep], totals[keep]
+        self._watch = (merged, totals)
+
+    def _top_watched(self) -> np.ndarray:
+        """The hashes of the keys with the highest running counts, whose strings are kept."""
+        hashes, totals = self._watch
+        if len(hashes) <= _TOP_WATCH:
+            return hashes
+        return hashes[np.argpartition(totals, -_TOP_WATCH)[-_TOP_WATCH:]]
+
+    # -------------------------------------------------------------------------------------------- results
+
+    def _partitions(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(distinct hashes, their exact counts) of each partition, one in memory at a time."""
+        self._flush()
+        for f in self._parts:
+            f.flush()
+            f.seek(0)
+            pairs = np.fromfile(f, np.int64).reshape(-1, 2)
+            hashes, inverse = np.unique(pairs[:, 0], return_inverse=True)
+            yield hashes, np.bincount(inverse.ravel(), pairs[:, 1], len(hashes)).astype(np.int64)
+
+    def _finish(self, k: int, exclude: Iterable[str]) -> dict[str, Any]:
+        """Exact totals, and the keys the top k needs: those counted more often than the k-th, and those tied
+        with it (of which the smallest keys fill the remaining places)."""
+        excluded = np.array([_key_hash(e) for e in exclude], np.int64)
+        total = distinct = 0
+        best: list[np.ndarray] = []
+        for hashes, counts in self._partitions():  # pass 1: totals and the k-th largest count
+            total, distinct = total + int(counts.sum()), distinct + len(hashes)
+            eligible = counts[~np.isin(hashes, excluded)]
+            best.append(np.sort(eligible)[-k:])
+        pool = np.sort(np.concatenate(best)) if best else np.zeros(0, np.int64)
+        t = int(pool[-k]) if len(pool) >= k else 0
+        wanted: dict[int, int] = {}
+        ties: set[int] = set()
+        for hashes, counts in self._partitions():  # pass 2: the keys at or above it
+            pick = (counts >= max(t, 1)) & ~np.isin(hashes, excluded)
+            for h, c in zip(hashes[pick].tolist(), counts[pick].tolist(), strict=True):
+                wanted[h] = c
+                if c == t:
+                    ties.add(h)
+        return {"k": k, "exclude": tuple(exclude), "total": total, "distinct": distinct, "counts": wanted,
+                "ties": ties, "room": k - (len(wanted) - len(ties)), "recovering": False}
 
     @property
     def total(self) -> int:
-        """All keys counted (exact in every mode)."""
+        """All keys counted."""
         if self._counter is not None:
             return sum(self._counter.values())
-        self._merge()
-        return self._total
+        return self._finished["total"] if self._finished else self._finish(1, ())["total"]
 
     @property
     def distinct(self) -> int:
-        """Distinct keys counted (a lower bound once `exact` is False)."""
+        """Distinct keys counted."""
         if self._counter is not None:
             return len(self._counter)
-        self._merge()
-        return len(self._hashes)
-
-    def _candidates(self, k: int, exclude: Iterable[str]) -> tuple[np.ndarray, np.ndarray, int]:
-        """Hashes counted more often than the k-th key (not excluded), those tied with it, and how many of
-        the tied ones the top takes."""
-        self._merge()
-        ok = ~np.isin(self._hashes, np.array([_key_hash(e) for e in exclude], np.int64))
-        counts = self._counts[ok]
-        t = int(np.partition(counts, len(counts) - k)[len(counts) - k]) if len(counts) >= k else 0
-        pos = np.flatnonzero(ok & (self._counts >= max(t, 1)))
-        above, tie = pos[self._counts[pos] > t], pos[self._counts[pos] == t]
-        return np.sort(self._hashes[above]), np.sort(self._hashes[tie]), k - len(above)
+        return self._finished["distinct"] if self._finished else self._finish(1, ())["distinct"]
 
     def top(self, k: int, exclude: Iterable[str] = ()) -> dict[str, int] | None:
         """The k most frequent keys (not in ``exclude``) with their counts, or None if `recover` is needed."""
@@ -441,38 +483,51 @@ class TopCounts:
             skip = set(exclude)
             items = [(key, c) for key, c in self._counter.items() if key not in skip]
             return dict(sorted(items, key=lambda kv: (-kv[1], kv[0]))[:k])
-        self._merge()
-        counts = dict(zip(self._hashes.tolist(), self._counts.tolist(), strict=True))
-        if self._wanted is not None:
-            keys = list(self._strings.values()) + self._ties
+        f = self._finished
+        if f is None or (f["k"], f["exclude"]) != (k, tuple(exclude)):
+            f = self._finished = self._finish(k, exclude)
+        if f["recovering"]:
+            keys = [self._strings[h] for h in f["counts"] if h not in f["ties"]] + self._ties
+        elif all(h in self._strings for h in f["counts"]):
+            keys = [self._strings[h] for h in f["counts"]]
         else:
-            above, tie, _ = self._candidates(k, exclude)
-            if not all(h in self._strings for h in above.tolist() + tie.tolist()):
-                return None
-            keys = [self._strings[h] for h in above.tolist() + tie.tolist()]
-        items = [(key, counts[_key_hash(key)]) for key in keys]
+            return None
+        items = [(key, f["counts"][_key_hash(key)]) for key in keys]
         return dict(sorted(items, key=lambda kv: (-kv[1], kv[0]))[:k])
 
     def begin_recovery(self, k: int, exclude: Iterable[str] = ()) -> None:
-        """Get ready to take the strings of the top-k candidates from the keys fed to `recover`: all keys
-        counted more often than the k-th, and the smallest of those tied with it."""
-        self._wanted = self._candidates(k, exclude)
-        self._strings, self._ties = {}, []
+        """Get ready to take the strings the top k needs from the keys fed to `recover`."""
+        if self._counter is not None:
+            return
+        if self._finished is None or (self._finished["k"], self._finished["exclude"]) != (k, tuple(exclude)):
+            self._finished = self._finish(k, exclude)
+        self._finished["recovering"] = True
+        self._ties = []
 
     def recover(self, keys: list[str]) -> None:
         """Feed keys again (any order, repeats allowed) after `begin_recovery`."""
-        if self._wanted is None:
+        f = self._finished
+        if f is None or not f["recovering"]:
             return
-        above, tie, room = self._wanted
         hashes = np.array([_key_hash(key) for key in keys], np.int64)
-        for j in np.flatnonzero(np.isin(hashes, above)).tolist():
-            self._strings[int(hashes[j])] = keys[j]
-        for j in np.flatnonzero(np.isin(hashes, tie)).tolist():
-            key = keys[j]  # keep the `room` smallest tied keys, sorted
-            at = bisect.bisect_left(self._ties, key)
-            if at < room and (at == len(self._ties) or self._ties[at] != key):
+        wanted = np.fromiter(f["counts"], np.int64, len(f["counts"]))
+        for j in np.flatnonzero(np.isin(hashes, wanted)).tolist():
+            h, key = int(hashes[j]), keys[j]
+            if h not in f["ties"]:
+                self._strings[h] = key
+                continue
+            at = bisect.bisect_left(self._ties, key)  # keep the `room` smallest tied keys, sorted
+            if at < f["room"] and (at == len(self._ties) or self._ties[at] != key):
                 self._ties.insert(at, key)
-                del self._ties[room:]
+                del self._ties[f["room"]:]
+
+    def close(self) -> None:
+        """Remove the partition files."""
+        for f in self._parts:
+            f.close()
+        self._parts = []
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
 def _key_hash(key: str) -> int:
@@ -602,19 +657,42 @@ class DedupIndex:
         leader[order] = order[new][np.cumsum(new) - 1]
         return leader
 
-    def _near_links(self, leader: np.ndarray, sig: np.ndarray) -> np.ndarray:
-        """Confirmed near-duplicate pairs among the first rows of the exact groups, as `dedup_plan` finds them."""
-        from tunelab.data.dedup import _agreement, _bucket_pairs
+    def _agreement(self, pairs: np.ndarray) -> np.ndarray:
+        """Estimated Jaccard of (row, row) pairs from the signature file, a block of pairs at a time: each
+        block maps the file afresh, so the pages it reads leave this process's resident memory after it."""
+        from tunelab.data.dedup import _agreement
 
+        est = np.empty(len(pairs))
+        shape = (len(self._lengths), self.params.num_perm)
+        for lo in range(0, len(pairs), _SIGNATURE_PAIRS):
+            sig = np.memmap(self._sig_path, np.uint32, "r", shape=shape)
+            est[lo:lo + _SIGNATURE_PAIRS] = _agreement(sig, pairs[lo:lo + _SIGNATURE_PAIRS])
+            del sig
+        return est
+
+    def _near_links(self, leader: np.ndarray) -> np.ndarray:
+        """Near-duplicate links among the first rows of the exact groups, with the same clusters as
+        `dedup_plan`: LSH candidates confirmed by estimated Jaccard >= threshold.
+
+        Bands are searched one at a time, and a candidate whose rows are already in one cluster is not
+        compared again (the clusters are the same whichever links join them); so memory holds one band's
+        candidates and a cluster label per row, not every candidate pair. Returns (row, cluster's first row)
+        links in file rows.
+        """
         uniq = np.flatnonzero(leader == np.arange(len(leader)))
-        codes = []
+        m = len(uniq)
+        comp = np.arange(m)  # each row's cluster, named by its lowest member (positions in uniq)
         for band in range(self.params.bands):  # one band's keys in memory at a time: 8 bytes a row
-            codes += _bucket_pairs(self._band(band)[uniq])
-        if not codes:
-            return np.empty((0, 2), np.int64)
-        flat = np.unique(np.concatenate(codes))  # a pair found in several bands counts once
-        pairs = uniq[np.stack([flat // len(uniq), flat % len(uniq)], axis=1)]
-        return pairs[_agreement(sig, pairs) >= self.params.threshold - 1e-12]
+            joined: list[np.ndarray] = []
+            for i, j in _bucket_pair_chunks(self._band(band)[uniq]):
+                open_ = comp[i] != comp[j]
+                pairs = np.stack([i[open_], j[open_]], axis=1)
+                joined.append(pairs[self._agreement(uniq[pairs]) >= self.params.threshold - 1e-12])
+            if joined and sum(map(len, joined)):
+                confirmed = np.concatenate(joined)
+                comp = _merge_clusters(comp, confirmed[:, 0], confirmed[:, 1])
+        linked = np.flatnonzero(comp != np.arange(m))
+        return np.stack([uniq[comp[linked]], uniq[linked]], axis=1)
 
     def plan(self) -> DedupDecision:
         """Which rows to drop, and why (call once, after the last `add`)."""
@@ -625,10 +703,8 @@ class DedupIndex:
         leader = self._leaders(n)
         rows = np.arange(n, dtype=np.int64)
         links = [np.stack([leader, rows], axis=1)[leader != rows]]
-        sig = None
         if self.near and n:
-            sig = np.memmap(self._sig_path, np.uint32, "r", shape=(n, self.params.num_perm))
-            links.append(self._near_links(leader, sig))
+            links.append(self._near_links(leader))
         nodes, labels = _components(np.concatenate(links))
         lengths = np.frombuffer(self._lengths, np.int64) if n else np.zeros(0, np.int64)
         # Keep the longest text of each cluster, the lowest row among equals (dedup.choose_representative).
@@ -640,12 +716,9 @@ class DedupIndex:
         mask = nodes != keep
         dropped, kept = nodes[mask], keep[mask]
         est = np.full(len(dropped), np.nan)
-        if sig is not None and len(dropped):
-            from tunelab.data.dedup import _agreement
-
-            est = _agreement(sig, np.stack([leader[dropped], leader[kept]], axis=1))
+        if self.near and len(dropped):
+            est = self._agreement(np.stack([leader[dropped], leader[kept]], axis=1))
         decision = DedupDecision(dropped, kept, leader[dropped] == leader[kept], est, nodes, labels)
-        del sig
         self.close()
         return decision
 
@@ -653,6 +726,37 @@ class DedupIndex:
         for f, path in ((self._sig_file, self._sig_path), (self._key_file, self._key_path)):
             f.close()
             path.unlink(missing_ok=True)
+
+
+def _bucket_pair_chunks(key: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The candidate pairs (i < j) of `tunelab.data.dedup._bucket_pairs` (rows with equal keys, each paired
+    with up to 32 following members of its bucket), one offset at a time so that they are never all in
+    memory together."""
+    from tunelab.data.dedup import _BUCKET_SPAN
+
+    order = np.argsort(key, kind="stable")  # stable: ascending row within a bucket
+    sk = key[order]
+    bucket = np.cumsum(np.r_[True, sk[1:] != sk[:-1]])
+    for t in range(1, _BUCKET_SPAN + 1):
+        same = bucket[t:] == bucket[:-t]  # member k and the member t places after it share a bucket
+        if not same.any():
+            return
+        yield order[:-t][same], order[t:][same]
+
+
+def _merge_clusters(comp: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Cluster labels (lowest member) after joining rows i[k] and j[k] to the clusters ``comp`` describes."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m = len(comp)
+    star = np.flatnonzero(comp != np.arange(m))  # each clustered row linked to its cluster's lowest member
+    rows, cols = np.concatenate([star, i]), np.concatenate([comp[star], j])
+    _, labels = connected_components(coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(m, m)),
+                                     directed=False)
+    lowest = np.full(labels.max() + 1, m, np.int64)
+    np.minimum.at(lowest, labels, np.arange(m))
+    return lowest[labels]
 
 
 def _components(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
