@@ -17,7 +17,8 @@ from tunelab.config.specs import DataSpec
 from tunelab.data.records import Example, Reject
 from tunelab.errors import TunelabError
 
-__all__ = ["CANONICAL_FIELDS", "FORMATS", "detect_format", "map_columns", "resolve_format", "to_examples"]
+__all__ = ["CANONICAL_FIELDS", "FORMATS", "check_columns", "detect_format", "map_columns", "resolve_format",
+           "to_examples"]
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")  # detection priority, first wins
 CANONICAL_FIELDS = (
@@ -55,13 +56,23 @@ def map_columns(record: dict[str, Any], columns: dict[str, str]) -> dict[str, An
     return mapped
 
 
-def _check_columns(columns: dict[str, str]) -> None:
+def check_columns(columns: dict[str, str], fields: Sequence[str] = CANONICAL_FIELDS, kind: str = "") -> None:
+    """Refuse a ``data.columns`` key that is not one of ``fields`` (with a did-you-mean).
+
+    Args:
+        columns: ``DataSpec.columns`` (canonical field → user column).
+        fields: the canonical fields of this kind of data (`tunelab.data.preference` passes its own).
+        kind: named in the message (e.g. ``"preference data"``) when it is not instruction data.
+
+    Raises:
+        TunelabError: at ``data.columns``, listing the fields.
+    """
     for canon in columns:
-        if canon not in CANONICAL_FIELDS:
-            close = difflib.get_close_matches(canon, CANONICAL_FIELDS, n=1)
+        if canon not in fields:
+            close = difflib.get_close_matches(canon, fields, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise TunelabError(f"unknown field '{canon}' in column mapping", where="data.columns",
-                               fix=f"{hint}keys are canonical fields: {', '.join(CANONICAL_FIELDS)}")
+            raise TunelabError(f"unknown field '{canon}' in column mapping{f' for {kind}' if kind else ''}",
+                               where="data.columns", fix=f"{hint}keys are canonical fields: {', '.join(fields)}")
 
 
 # -------------------------------------------------------------------------------------------- detection
@@ -99,7 +110,7 @@ def detect_format(records: Sequence[dict[str, Any] | tuple[str, dict[str, Any]]]
 
 def resolve_format(records: Sequence[tuple[str, dict[str, Any]]], spec: DataSpec) -> str:
     """`detect_format` on the column-mapped first rows of ``records`` (validates ``spec.columns`` too)."""
-    _check_columns(spec.columns)
+    check_columns(spec.columns)
     return detect_format([map_columns(r, spec.columns) for _, r in records[:_DETECT_ROWS]], spec.format)
 
 

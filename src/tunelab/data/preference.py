@@ -29,7 +29,6 @@ Typical use::
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config.specs import DataSpec, SplitSpec
+from tunelab.data.formats import check_columns, map_columns
 from tunelab.data.records import Reject
 from tunelab.errors import TunelabError
 
@@ -156,24 +156,6 @@ class PreferenceData:
 # ------------------------------------------------------------------------------------------- detection
 
 
-def _map(record: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
-    if not columns:
-        return record
-    sources = set(columns.values())
-    mapped = {k: v for k, v in record.items() if k not in sources}
-    mapped.update({canon: record[col] for canon, col in columns.items() if col in record})
-    return mapped
-
-
-def _check_columns(columns: dict[str, str]) -> None:
-    for canon in columns:
-        if canon not in PREFERENCE_FIELDS:
-            close = difflib.get_close_matches(canon, PREFERENCE_FIELDS, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise TunelabError(f"unknown field '{canon}' in column mapping for preference data", where="data.columns",
-                               fix=f"{hint}keys are: {', '.join(PREFERENCE_FIELDS)}")
-
-
 def _row_format(record: dict[str, Any]) -> str | None:
     return next((f for f in PREFERENCE_FORMATS if all(k in record for k in _REQUIRED[f])), None)
 
@@ -184,13 +166,13 @@ def detect_preference_format(records: Sequence[tuple[str, dict[str, Any]]], spec
     Raises:
         TunelabError: ``spec.format`` is not a preference format, or no preference format matches.
     """
-    _check_columns(spec.columns)
+    check_columns(spec.columns, PREFERENCE_FIELDS, "preference data")
     if spec.format != "auto":
         if spec.format not in PREFERENCE_FORMATS:
             raise TunelabError(f"data.format={spec.format} is not a preference format", where="data.format",
                                fix=f"use auto or one of: {', '.join(PREFERENCE_FORMATS)}")
         return spec.format
-    votes = Counter(f for _, r in records[:_DETECT_ROWS] if (f := _row_format(_map(r, spec.columns))))
+    votes = Counter(f for _, r in records[:_DETECT_ROWS] if (f := _row_format(map_columns(r, spec.columns))))
     if votes:
         return max(votes, key=lambda f: (votes[f], -PREFERENCE_FORMATS.index(f)))
     seen = sorted({k for _, r in records[:_DETECT_ROWS] for k in r})
@@ -204,7 +186,7 @@ def looks_like_preference(records: Sequence[tuple[str, dict[str, Any]]], spec: D
     """True when the first rows carry preference fields (chosen/rejected, or a label with a completion)."""
     if spec.format != "auto":
         return spec.format in PREFERENCE_FORMATS
-    return any(_row_format(_map(r, spec.columns)) for _, r in records[:_DETECT_ROWS])
+    return any(_row_format(map_columns(r, spec.columns)) for _, r in records[:_DETECT_ROWS])
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -316,7 +298,7 @@ def _with_system(prompt: list[dict[str, str]], rec: dict[str, Any], spec: DataSp
 
 
 def _pair(where: str, raw: dict[str, Any], fmt: str, spec: DataSpec) -> PairExample:
-    rec = _map(raw, spec.columns)
+    rec = map_columns(raw, spec.columns)
     if fmt == "hh":
         prompt, chosen, rejected = _split_transcripts(rec)
     else:
@@ -350,7 +332,7 @@ def parse_label(value: Any) -> bool:
 
 
 def _unpaired(where: str, raw: dict[str, Any], spec: DataSpec) -> UnpairedExample:
-    rec = _map(raw, spec.columns)
+    rec = map_columns(raw, spec.columns)
     if rec.get("prompt") is None:
         raise _Bad("missing field 'prompt'")
     prompt = _with_system(_check_prompt(_messages(rec["prompt"], "prompt")), rec, spec)

@@ -24,17 +24,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunelab.config.loading import dump_recipe
 from tunelab.config.specs import Recipe
 from tunelab.errors import TunelabError
 from tunelab.methods import apply_method, base_dtype, count_parameters, estimate_training_memory_mb
-from tunelab.models import autocast, load_tokenizer, resolve_device, resolve_model, resolve_precision
+from tunelab.models import autocast, resolve_model
+from tunelab.recipes.common import (
+    data_identity,
+    model_identity,
+    optimizer_steps,
+    peak_rss_mb,
+    prepare_training,
+    refuse_unsupported,
+    restore_best,
+    save_run_files,
+    single_process_only,
+    start_run,
+    track_best,
+    write_run_manifest,
+)
 from tunelab.training.batching import PAD_MULTIPLE, plan_batches
-from tunelab.training.optim import build_optimizer, build_scheduler
 from tunelab.training.progress import TrainProgress
-from tunelab.training.rundir import MetricsLog, write_manifest
+from tunelab.training.rundir import MetricsLog
 from tunelab.util.console import console
-from tunelab.util.io import atomic_write_json, atomic_write_text
+from tunelab.util.io import atomic_write_json
 
 __all__ = ["IGNORE_LABEL", "ClassifyRecipe", "collate_classification", "head_module", "label_ids", "label_list",
            "load_classifier", "predict_logits"]
@@ -153,7 +165,7 @@ class _State:
     tokens: int = 0  # real (non-padding) tokens processed
     examples: int = 0
     train_time: float = 0.0
-    best_score: float = math.inf  # the early-stopping metric, oriented so that lower is better
+    best_val: float = math.inf  # the early-stopping metric, oriented so that lower is better
     best_val_loss: float = math.inf
     best_step: int = 0
     bad_evals: int = 0
@@ -174,43 +186,28 @@ class ClassifyRecipe:
     def preflight(recipe: Recipe, dist: Any = None, resume: bool = False) -> None:
         """TunelabError naming the keys for what this recipe does not do (checked before any work)."""
         t = recipe.train
-        unsupported = {
+        refuse_unsupported("classify", {
             "train.batching=packed": t.batching == "packed",
-            "data-parallel training (--nproc)": bool(getattr(dist, "enabled", False)),
-            "resumable checkpoints (--resume, train.resume, train.save_every)": bool(
-                resume or t.resume != "never" or t.save_every),
+            **single_process_only(t, dist, resume),
             f"train.early_stopping_metric={t.early_stopping_metric}":
                 t.early_stopping_metric not in ("val_loss", *_MAXIMIZED),
-        }
-        for what, bad in unsupported.items():
-            if bad:
-                raise TunelabError(f"train.objective=classify does not support {what}", where="train.objective",
-                                   fix="classification batches one row per example with padding; early stopping "
-                                   "follows val_loss, accuracy or macro_f1; see docs/objectives.md")
+        }, fix="classification batches one row per example with padding; early stopping follows val_loss, "
+           "accuracy or macro_f1; see docs/objectives.md")
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         from tunelab.data import prepare_data
-        from tunelab.recipes.sft import set_seed
 
         r = self.recipe
-        set_seed(r.train.seed)
-        if r.model.threads:
-            torch.set_num_threads(r.model.threads)
-        self.device = resolve_device(r.model.device)
-        self.precision = resolve_precision(r.model.precision, self.device)
-        self.resolved = resolve_model(r.model.name)
-        self.tokenizer = load_tokenizer(r.model.name, r.model.trust_remote_code)
+        self.device, self.precision, self.resolved, self.tokenizer = start_run(r)
         self.data = prepare_data(r.data, self.tokenizer, objective="classify")
         self.train_rows = self.data.encoded["train"]
         self.val_rows = self.data.encoded.get("validation") or []
         self.labels = label_list(self.train_rows, r.eval.labels)
         self.train_ids = label_ids(self.train_rows, self.labels)
         self.model = self._build_model()
-        self.optimizer = build_optimizer(self.model, r.train)
         self.total_steps = self._total_steps()
-        self.scheduler = build_scheduler(self.optimizer, r.train, self.total_steps)
-        atomic_write_text(self.run_dir / "config.yaml", dump_recipe(r))
+        self.optimizer, self.scheduler = prepare_training(self.model, r, self.total_steps, self.run_dir)
 
     def _build_model(self) -> torch.nn.Module:
         r = self.recipe
@@ -252,13 +249,9 @@ class ClassifyRecipe:
             p.data = p.data.float()
             p.requires_grad_(True)
 
-    def _steps_per_epoch(self) -> int:
-        micro = math.ceil(len(self.train_rows) / self.recipe.train.batch_size)
-        return max(1, math.ceil(micro / self.recipe.train.grad_accum))
-
     def _total_steps(self) -> int:
         t = self.recipe.train
-        return t.max_steps or max(1, math.ceil(t.epochs * self._steps_per_epoch()))
+        return optimizer_steps(t, len(self.train_rows), t.grad_accum)
 
     # ---- data --------------------------------------------------------------------------------------
     def _steps(self):
@@ -327,14 +320,7 @@ class ClassifyRecipe:
         name = t.early_stopping_metric
         value = logged["val_loss" if name == "val_loss" else f"val_{name}"]
         higher = t.early_stopping_mode == "max" or (t.early_stopping_mode == "auto" and name in _MAXIMIZED)
-        score = -value if higher else value
-        if score < s.best_score - 1e-6:
-            s.best_score, s.best_step, s.bad_evals = score, s.step, 0
-            if t.early_stopping_patience:
-                s.best_weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-            return False
-        s.bad_evals += 1
-        return bool(t.early_stopping_patience and s.bad_evals >= t.early_stopping_patience)
+        return track_best(s, -value if higher else value, self.model, t.early_stopping_patience, min_delta=1e-6)
 
     def train(self) -> dict[str, Any]:
         s, t = self.state, self.recipe.train
@@ -362,22 +348,10 @@ class ClassifyRecipe:
                 if at_end:
                     break
         s.train_time = time.perf_counter() - t0
-        self._restore_best()
+        restore_best(self.model, s)
         return self.summary()
 
-    def _restore_best(self) -> None:
-        s = self.state
-        if s.best_weights is None or s.best_step == s.step:
-            return
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in s.best_weights.items():
-                params[name].copy_(value)
-        console.print(f"restored the best weights (step {s.best_step})")
-
     def summary(self) -> dict[str, Any]:
-        from tunelab.recipes.sft import peak_rss_mb
-
         s = self.state
         return {
             "objective": "classify", "steps": s.step, "epochs_started": s.epoch + 1,
@@ -392,24 +366,17 @@ class ClassifyRecipe:
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self, summary: dict[str, Any], timings: dict[str, float]) -> None:
-        from tunelab.data import write_rejects
-
         r, d = self.recipe, self.run_dir
         peft = hasattr(self.model, "get_base_model")
         self.model.save_pretrained(d / ("adapter" if peft else "model"), safe_serialization=True)
-        self.tokenizer.save_pretrained(d / "tokenizer")
         counts = Counter(row["label"] for row in self.train_rows)
         atomic_write_json(d / "labels.json", {
             "labels": self.labels, "head": head_module(self.model)[0], "model_kind": self.resolved.kind,
             "label_column": r.data.label_column, "train_counts": {lab: counts.get(lab, 0) for lab in self.labels},
         })
-        atomic_write_json(d / "data_summary.json", self.data.summary)
-        write_rejects(self.data.rejects, d / "rejects.jsonl")
-        atomic_write_json(d / "train_summary.json", summary)
-        write_manifest(d, seed=r.train.seed, objective="classify", method=r.method.name, timings=timings,
-                       model={"name": r.model.name, "path": str(self.resolved.path), "source": self.resolved.source,
-                              "kind": self.resolved.kind},
-                       data={"fingerprint": self.data.fingerprint, "files": self.data.summary.get("files", {})})
+        save_run_files(d, self.tokenizer, self.data, summary)
+        write_run_manifest(d, r, model_identity(r, self.resolved, with_kind=True), data_identity(self.data), timings,
+                           objective="classify")
 
     def cleanup(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

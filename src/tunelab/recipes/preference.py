@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from tunelab.config.loading import dump_recipe
 from tunelab.config.specs import REFERENCE_FREE_LOSSES, Recipe
 from tunelab.errors import TunelabError
 from tunelab.methods import (
@@ -46,13 +45,24 @@ from tunelab.methods import (
     saves_full_weights,
 )
 from tunelab.methods import preflight as method_preflight
-from tunelab.models import load_causal_lm, load_tokenizer, resolve_device, resolve_model, resolve_precision
+from tunelab.models import load_causal_lm, load_tokenizer, resolve_model
+from tunelab.recipes.common import (
+    data_identity,
+    model_identity,
+    optimizer_steps,
+    peak_rss_mb,
+    prepare_training,
+    refuse_unsupported,
+    save_policy,
+    save_run_files,
+    single_process_only,
+    start_run,
+    write_run_manifest,
+)
 from tunelab.recipes.preference_eval import prepare_preference
-from tunelab.training.optim import build_optimizer, build_scheduler
 from tunelab.training.progress import TrainProgress
-from tunelab.training.rundir import MetricsLog, write_manifest
+from tunelab.training.rundir import MetricsLog
 from tunelab.util.console import console
-from tunelab.util.io import atomic_write_json, atomic_write_text
 
 __all__ = ["DPO_LOSSES", "PreferenceRecipe", "resolve_reference"]
 
@@ -205,20 +215,14 @@ class PreferenceRecipe:
         if resolve_model(recipe.model.name).kind != "causal-lm":
             raise TunelabError(f"model '{recipe.model.name}' is not a causal language model", where="model.name",
                                fix="preference training needs a decoder such as smollm2-135m-instruct")
-        unsupported = {
-            "data-parallel training (--nproc)": bool(getattr(dist, "enabled", False)),
-            "resumable checkpoints (--resume, train.resume, train.save_every)": bool(
-                resume or t.resume != "never" or t.save_every),
+        refuse_unsupported("preference", {
+            **single_process_only(t, dist, resume),
             "train.batching=packed": t.batching == "packed",
             f"train.curriculum={t.curriculum}": t.curriculum != "none",
             "train.early_stopping_patience": t.early_stopping_patience is not None,
             "train.label_smoothing (a token loss setting)": t.label_smoothing > 0,
             "train.dropout (TRL disables dropout for preference losses)": t.dropout is not None,
-        }
-        for what, bad in unsupported.items():
-            if bad:
-                raise TunelabError(f"train.objective=preference does not support {what}", where="train.objective",
-                                   fix="remove the setting; see docs/preferences.md")
+        }, fix="remove the setting; see docs/preferences.md")
         ref = resolve_reference(recipe)
         if ref == "peft" and (saves_full_weights(m) or m.name in PROMPT_LEARNING):
             raise TunelabError(f"preference.reference=peft needs a LoRA/IA3 adapter, but method.name={m.name}",
@@ -231,23 +235,13 @@ class PreferenceRecipe:
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
-        from tunelab.recipes.sft import set_seed
-
         r = self.recipe
-        set_seed(r.train.seed)
-        if r.model.threads:
-            torch.set_num_threads(r.model.threads)
-        self.device = resolve_device(r.model.device)
-        self.precision = resolve_precision(r.model.precision, self.device)
-        self.resolved = resolve_model(r.model.name)
-        self.tokenizer = load_tokenizer(r.model.name, r.model.trust_remote_code)
+        self.device, self.precision, self.resolved, self.tokenizer = start_run(r)
         self.data = prepare_preference(r.data, self.tokenizer, unpaired=r.preference.loss == "kto")
         self.ref_model = self._load_reference() if self.reference == "copy" else None
         self.model = self._build_model()
-        self.optimizer = build_optimizer(self.model, r.train)
         self.total_steps = self._total_steps()
-        self.scheduler = build_scheduler(self.optimizer, r.train, self.total_steps)
-        atomic_write_text(self.run_dir / "config.yaml", dump_recipe(r))
+        self.optimizer, self.scheduler = prepare_training(self.model, r, self.total_steps, self.run_dir)
 
     def _build_model(self) -> torch.nn.Module:
         r = self.recipe
@@ -281,13 +275,9 @@ class PreferenceRecipe:
         ref.requires_grad_(False)
         return ref
 
-    def _steps_per_epoch(self) -> int:
-        t = self.recipe.train
-        return max(1, math.ceil(math.ceil(len(self.data.encoded["train"]) / t.batch_size) / t.grad_accum))
-
     def _total_steps(self) -> int:
         t = self.recipe.train
-        return t.max_steps or max(1, math.ceil(t.epochs * self._steps_per_epoch()))
+        return optimizer_steps(t, len(self.data.encoded["train"]), t.grad_accum)
 
     # ---- TRL ---------------------------------------------------------------------------------------
     def _datasets(self) -> tuple[Any, Any]:
@@ -377,8 +367,6 @@ class PreferenceRecipe:
         return trainer
 
     def summary(self, train_s: float) -> dict[str, Any]:
-        from tunelab.recipes.sft import peak_rss_mb
-
         b, r = self.bridge, self.recipe
         tokens = b.train_tokens()
         n_train = len(self.data.encoded["train"])
@@ -397,28 +385,18 @@ class PreferenceRecipe:
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self, summary: dict[str, Any], timings: dict[str, float]) -> None:
-        from tunelab.data import write_rejects
         from tunelab.data.preference_report import pair_stats
 
         r, d = self.recipe, self.run_dir
-        out = d / artifact_dir(r.method)
-        if hasattr(self.model, "peft_config"):
-            # TRL keeps a frozen copy of the initial adapter named 'ref' (the reference); only ours is the result.
-            self.model.save_pretrained(out, selected_adapters=["default"], safe_serialization=True)
-        else:
-            self.model.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(d / "tokenizer")
+        save_policy(self.model, d / artifact_dir(r.method))  # without TRL's 'ref' adapter (the reference)
         summary_data = dict(self.data.summary)
         if summary_data["kind"] == "pairs":
             summary_data["pairs"] = pair_stats(self.data.splits["train"])  # length bias etc. of what was trained
-        atomic_write_json(d / "data_summary.json", summary_data)
-        write_rejects(self.data.rejects, d / "rejects.jsonl")
-        atomic_write_json(d / "train_summary.json", summary)
-        write_manifest(d, seed=r.train.seed, objective="preference", method=r.method.name, timings=timings,
-                       preference={"loss": r.preference.loss, "beta": r.preference.beta, "reference": self.reference,
-                                   "reference_model": r.preference.reference_model},
-                       model={"name": r.model.name, "path": str(self.resolved.path), "source": self.resolved.source},
-                       data={"fingerprint": self.data.fingerprint, "files": self.data.summary["files"]})
+        save_run_files(d, self.tokenizer, self.data, summary, data_summary=summary_data)
+        write_run_manifest(d, r, model_identity(r, self.resolved), data_identity(self.data), timings,
+                           objective="preference",
+                           preference={"loss": r.preference.loss, "beta": r.preference.beta,
+                                       "reference": self.reference, "reference_model": r.preference.reference_model})
 
     def cleanup(self) -> None:
         shutil.rmtree(self.run_dir / ".trl", ignore_errors=True)  # TRL's output_dir; nothing is saved there

@@ -32,15 +32,24 @@ from typing import Any
 
 import torch
 
-from tunelab.config.loading import dump_recipe
 from tunelab.config.specs import Recipe
 from tunelab.errors import TunelabError
 from tunelab.methods import apply_method, base_dtype, count_parameters, is_prompt_learning, preflight
-from tunelab.models import autocast, load_tokenizer, resolve_device, resolve_model, resolve_precision
+from tunelab.models import autocast, resolve_device, resolve_model, resolve_precision
+from tunelab.recipes.common import (
+    data_identity,
+    model_identity,
+    peak_rss_mb,
+    prepare_training,
+    refuse_unsupported,
+    save_run_files,
+    single_process_only,
+    start_run,
+    write_run_manifest,
+)
 from tunelab.recipes.rl import TrlBridge, quiet_trainer, trl_common_args
-from tunelab.training.optim import build_optimizer, build_scheduler
 from tunelab.training.progress import TrainProgress, task_progress
-from tunelab.training.rundir import MetricsLog, write_manifest
+from tunelab.training.rundir import MetricsLog
 from tunelab.util.console import console
 from tunelab.util.io import atomic_write_json, atomic_write_text
 
@@ -239,36 +248,23 @@ class RewardRecipe:
     def preflight(recipe: Recipe, dist: Any = None, resume: bool = False) -> None:
         """TunelabError naming the keys for what reward training does not do (checked before any work)."""
         t = recipe.train
-        unsupported = {
-            "data-parallel training (--nproc)": bool(getattr(dist, "enabled", False)),
-            "resumable checkpoints (--resume, train.resume, train.save_every)": bool(
-                resume or t.resume != "never" or t.save_every),
+        refuse_unsupported("reward", {
+            **single_process_only(t, dist, resume),
             "early stopping (train.early_stopping_patience)": t.early_stopping_patience is not None,
             f"prompt-learning method '{recipe.method.name}' (the reward is read at the last real token)":
                 is_prompt_learning(recipe.method),
             f"method '{recipe.method.name}' (4-bit bases are causal-LM only here)": recipe.method.name == "qlora",
-        }
-        for what, bad in unsupported.items():
-            if bad:
-                raise TunelabError(f"train.objective=reward does not support {what}", where="train.objective",
-                                   fix="see docs/preferences.md (Reward models)")
+        }, fix="see docs/preferences.md (Reward models)")
         preflight(recipe)
         _check_positions(recipe)
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         from tunelab.recipes.preference_eval import prepare_preference
-        from tunelab.recipes.sft import set_seed
 
         r = self.recipe
-        set_seed(r.train.seed)
-        if r.model.threads:
-            torch.set_num_threads(r.model.threads)
-        self.device = resolve_device(r.model.device)
-        self.precision = resolve_precision(r.model.precision, self.device)
-        self.resolved = resolve_model(r.model.name)
+        self.device, self.precision, self.resolved, self.tokenizer = start_run(r)
         self.plain = _plain(self.resolved.kind)
-        self.tokenizer = load_tokenizer(r.model.name, r.model.trust_remote_code)
         spec = r.data
         if self.plain:
             self.tokenizer.chat_template = PLAIN_TEMPLATE
@@ -276,9 +272,7 @@ class RewardRecipe:
         self.data = prepare_preference(spec, self.tokenizer)
         self.model = self._build_model()
         self.total_steps = self._total_steps()
-        self.optimizer = build_optimizer(self.model, r.train)
-        self.scheduler = build_scheduler(self.optimizer, r.train, self.total_steps)
-        atomic_write_text(self.run_dir / "config.yaml", dump_recipe(r))
+        self.optimizer, self.scheduler = prepare_training(self.model, r, self.total_steps, self.run_dir)
 
     def _build_model(self) -> torch.nn.Module:
         from tunelab.recipes.classify import head_module, load_classifier
@@ -346,8 +340,6 @@ class RewardRecipe:
         return self.summary(train_s)
 
     def summary(self, train_s: float) -> dict[str, Any]:
-        from tunelab.recipes.sft import peak_rss_mb
-
         val = [row for row in self.metrics.rows if "val_loss" in row]
         tokens = self.bridge.tokens
         return {
@@ -364,25 +356,18 @@ class RewardRecipe:
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self, summary: dict[str, Any], timings: dict[str, float]) -> None:
-        from tunelab.data import write_rejects
-
         r, d = self.recipe, self.run_dir
         peft = hasattr(self.model, "get_base_model")
         if peft:
             self.model.save_pretrained(d / "adapter", safe_serialization=True)
         self._export(d / "model")
-        self.tokenizer.save_pretrained(d / "tokenizer")
         atomic_write_json(d / "reward.json", {
             "input_format": "plain" if self.plain else "chat", "max_length": r.data.max_length,
             "base_model": r.model.name, "model_kind": self.resolved.kind, "method": r.method.name,
             "head": "score (last non-padding token)" if not self.plain else "classifier ([CLS] token)"})
-        atomic_write_json(d / "data_summary.json", self.data.summary)
-        write_rejects(self.data.rejects, d / "rejects.jsonl")
-        atomic_write_json(d / "train_summary.json", summary)
-        write_manifest(d, seed=r.train.seed, objective="reward", method=r.method.name, timings=timings,
-                       model={"name": r.model.name, "path": str(self.resolved.path), "source": self.resolved.source,
-                              "kind": self.resolved.kind},
-                       data={"fingerprint": self.data.fingerprint, "files": self.data.summary["files"]})
+        save_run_files(d, self.tokenizer, self.data, summary)
+        write_run_manifest(d, r, model_identity(r, self.resolved, with_kind=True), data_identity(self.data), timings,
+                           objective="reward")
         shutil.rmtree(d / "trainer", ignore_errors=True)  # TRL's output_dir: nothing is saved there
 
     def _export(self, out: Path) -> None:

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from tunelab.config.loading import dump_recipe
 from tunelab.config.specs import Recipe
 from tunelab.errors import TunelabError
 from tunelab.methods import (
@@ -43,13 +42,23 @@ from tunelab.methods import (
     load_base_model,
     preflight,
 )
-from tunelab.models import autocast, load_tokenizer, resolve_device, resolve_model, resolve_precision
+from tunelab.models import autocast, load_tokenizer, resolve_model
+from tunelab.recipes.common import (
+    data_identity,
+    model_identity,
+    peak_rss_mb,
+    prepare_training,
+    refuse_unsupported,
+    save_policy,
+    save_run_files,
+    single_process_only,
+    start_run,
+    write_run_manifest,
+)
 from tunelab.rewards import PromptRow, RewardFunction, build_rewards, weighted_total
-from tunelab.training.optim import build_optimizer, build_scheduler
 from tunelab.training.progress import TrainProgress
-from tunelab.training.rundir import MetricsLog, write_manifest
+from tunelab.training.rundir import MetricsLog
 from tunelab.util.console import console
-from tunelab.util.io import atomic_write_json, atomic_write_text
 
 __all__ = ["RL_KEYS", "OnlineRLRecipe", "TrlBridge", "check_same_tokenizer", "trl_common_args"]
 
@@ -166,18 +175,12 @@ class OnlineRLRecipe:
     def preflight(recipe: Recipe, dist: Any = None, resume: bool = False) -> None:
         """TunelabError naming the keys for what online RL does not do (checked before any work)."""
         t = recipe.train
-        unsupported = {
-            "data-parallel training (--nproc)": bool(getattr(dist, "enabled", False)),
-            "resumable checkpoints (--resume, train.resume, train.save_every)": bool(
-                resume or t.resume != "never" or t.save_every),
+        refuse_unsupported(t.objective, {
+            **single_process_only(t, dist, resume),
             "early stopping (train.early_stopping_patience)": t.early_stopping_patience is not None,
             f"prompt-learning method '{recipe.method.name}' (TRL computes log-probs without virtual tokens)":
                 is_prompt_learning(recipe.method),
-        }
-        for what, bad in unsupported.items():
-            if bad:
-                raise TunelabError(f"train.objective={t.objective} does not support {what}",
-                                   where="train.objective", fix="see docs/preferences.md (Online RL)")
+        }, fix="see docs/preferences.md (Online RL)")
         if resolve_model(recipe.model.name).kind == "encoder":
             raise TunelabError(f"model '{recipe.model.name}' is an encoder and cannot generate completions",
                                where="model.name", fix="use a decoder such as smollm2-135m-instruct")
@@ -186,16 +189,9 @@ class OnlineRLRecipe:
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         from tunelab.data import prepare_data
-        from tunelab.recipes.sft import set_seed
 
         r = self.recipe
-        set_seed(r.train.seed)
-        if r.model.threads:
-            torch.set_num_threads(r.model.threads)
-        self.device = resolve_device(r.model.device)
-        self.precision = resolve_precision(r.model.precision, self.device)
-        self.resolved = resolve_model(r.model.name)
-        self.tokenizer = load_tokenizer(r.model.name, r.model.trust_remote_code)
+        self.device, self.precision, self.resolved, self.tokenizer = start_run(r)
         self.data = prepare_data(r.data, self.tokenizer)
         self.rows = [PromptRow.from_example(ex) for ex in self.data.splits["train"]]
         held = self.data.splits.get("validation") or self.data.splits.get("test") or []
@@ -207,9 +203,7 @@ class OnlineRLRecipe:
         if r.rl.reference_model:
             self.reference = self._load_reference(r.rl.reference_model)
         self.total_steps = self._total_steps()
-        self.optimizer = build_optimizer(self.model, r.train)
-        self.scheduler = build_scheduler(self.optimizer, r.train, self.total_steps)
-        atomic_write_text(self.run_dir / "config.yaml", dump_recipe(r))
+        self.optimizer, self.scheduler = prepare_training(self.model, r, self.total_steps, self.run_dir)
 
     def _build_model(self) -> torch.nn.Module:
         r = self.recipe
@@ -317,8 +311,6 @@ class OnlineRLRecipe:
         return self.summary(bridge, train_s)
 
     def summary(self, bridge: TrlBridge, train_s: float) -> dict[str, Any]:
-        from tunelab.recipes.sft import peak_rss_mb
-
         rows = [row for row in bridge.rows if "reward_mean" in row]
         rewards = [row["reward_mean"] for row in rows]
         k = max(1, min(10, len(rewards) // 2))
@@ -338,23 +330,12 @@ class OnlineRLRecipe:
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self, summary: dict[str, Any], timings: dict[str, float]) -> None:
-        from tunelab.data import write_rejects
-
         r, d = self.recipe, self.run_dir
-        out = d / artifact_dir(r.method)
-        if hasattr(self.model, "peft_config"):
-            # TRL may have added a frozen "ref" adapter (the KL reference); only the trained one is the result.
-            self.model.save_pretrained(out, selected_adapters=["default"])
-        else:
-            self.model.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(d / "tokenizer")
-        atomic_write_json(d / "data_summary.json", self.data.summary)
-        write_rejects(self.data.rejects, d / "rejects.jsonl")
-        atomic_write_json(d / "train_summary.json", summary)
-        write_manifest(d, seed=r.train.seed, objective=r.train.objective, method=r.method.name, timings=timings,
-                       model={"name": r.model.name, "path": str(self.resolved.path), "source": self.resolved.source},
-                       rewards=[{"name": x.name, "where": x.where, "weight": x.weight} for x in self.rewards],
-                       data={"fingerprint": self.data.fingerprint, "files": self.data.summary.get("files", {})})
+        save_policy(self.model, d / artifact_dir(r.method))  # without TRL's 'ref' adapter (the KL reference)
+        save_run_files(d, self.tokenizer, self.data, summary)
+        write_run_manifest(d, r, model_identity(r, self.resolved), data_identity(self.data), timings,
+                           objective=r.train.objective,
+                           rewards=[{"name": x.name, "where": x.where, "weight": x.weight} for x in self.rewards])
         _write_reward_plot(self.metrics.rows, d / "plots" / "reward.png")
         shutil.rmtree(d / "trainer", ignore_errors=True)  # TRL's output_dir: empty (no checkpoints, no hub)
 

@@ -5,7 +5,6 @@ training over torch.distributed, metrics.jsonl, and a self-describing run folder
 from __future__ import annotations
 
 import math
-import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -14,38 +13,34 @@ from typing import Any
 
 import torch
 
-from tunelab.config.loading import dump_recipe
 from tunelab.config.specs import Recipe
 from tunelab.errors import TunelabError
 from tunelab.methods import apply_method, count_parameters, estimate_training_memory_mb
-from tunelab.models import (
-    autocast,
-    load_tokenizer,
-    resolve_device,
-    resolve_model,
-    resolve_precision,
+from tunelab.models import autocast
+from tunelab.recipes.common import (
+    data_lineage,
+    model_identity,
+    optimizer_steps,
+    peak_rss_mb,
+    prepare_training,
+    restore_best,
+    save_run_files,
+    set_seed,
+    start_run,
+    steps_per_epoch,
+    track_best,
+    write_run_manifest,
 )
 from tunelab.training import checkpoint as ckpt
 from tunelab.training.batching import collate, plan_batches
 from tunelab.training.distributed import DistContext
 from tunelab.training.loss import mean_nll, supervised_nll
-from tunelab.training.optim import build_optimizer, build_scheduler
 from tunelab.training.progress import TrainProgress
-from tunelab.training.rundir import MetricsLog, write_manifest
+from tunelab.training.rundir import MetricsLog
 from tunelab.util.console import console
-from tunelab.util.io import atomic_write_json, atomic_write_text
 
-__all__ = ["SFTRecipe", "TrainingInterrupted", "set_seed"]
-
-
-def set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# set_seed and peak_rss_mb live in tunelab.recipes.common; they stay importable from here.
+__all__ = ["SFTRecipe", "TrainingInterrupted", "peak_rss_mb", "set_seed"]
 
 
 class TrainingInterrupted(TunelabError):
@@ -56,10 +51,6 @@ class TrainingInterrupted(TunelabError):
         where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (not the main process)"
         super().__init__(f"training interrupted by {signal.Signals(signum).name}; saved {where}",
                          fix="continue with: tunelab train RECIPE --resume")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 @dataclass
@@ -111,15 +102,7 @@ class SFTRecipe:
         from tunelab.data import prepare_data
 
         r = self.recipe
-        set_seed(r.train.seed)
-        if r.model.threads:
-            torch.set_num_threads(r.model.threads)
-        self.device = resolve_device(r.model.device)
-        if self.device == "cuda" and self.dist.enabled:
-            self.device = f"cuda:{self.dist.local_rank}"
-        self.precision = resolve_precision(r.model.precision, self.device.split(":")[0])
-        self.resolved = resolve_model(r.model.name)
-        self.tokenizer = load_tokenizer(r.model.name, r.model.trust_remote_code)
+        self.device, self.precision, self.resolved, self.tokenizer = start_run(r, self.dist)
         if not self.dist.is_main:  # rank 0 tokenizes and fills the cache first; the others read it
             self.dist.barrier()
         self.data = prepare_data(r.data, self.tokenizer)
@@ -129,12 +112,10 @@ class SFTRecipe:
         self.val_rows = self.data.encoded.get("validation") or []
         self._check_metric()
         self.model = self._build_model()
-        self.optimizer = build_optimizer(self.model, r.train)
         self.total_steps = self._total_steps()
-        self.scheduler = build_scheduler(self.optimizer, r.train, self.total_steps)
+        self.optimizer, self.scheduler = prepare_training(self.model, r, self.total_steps,
+                                                          self.run_dir if self.dist.is_main else None)
         self.fingerprint = ckpt.config_fingerprint(r.model_dump(mode="json"))
-        if self.dist.is_main:
-            atomic_write_text(self.run_dir / "config.yaml", dump_recipe(r))
         if self.resume:
             self._resume()
 
@@ -182,16 +163,14 @@ class SFTRecipe:
         return model
 
     def _steps_per_epoch(self) -> int:
-        micro = math.ceil(len(self.train_rows) / self.recipe.train.batch_size)
-        return max(1, math.ceil(micro / self._group_size()))
+        return steps_per_epoch(self.recipe.train, len(self.train_rows), self._group_size())
 
     def _group_size(self) -> int:
         """Micro-batches per optimizer step, over all processes."""
         return self.recipe.train.grad_accum * self.dist.world
 
     def _total_steps(self) -> int:
-        t = self.recipe.train
-        return t.max_steps or max(1, math.ceil(t.epochs * self._steps_per_epoch()))
+        return optimizer_steps(self.recipe.train, len(self.train_rows), self._group_size())
 
     # ---- resume ------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -324,13 +303,7 @@ class SFTRecipe:
         if score is None:
             return False
         self.metrics.log(step=s.step, epoch=s.epoch, **logged)
-        if score < s.best_val - 1e-4:
-            s.best_val, s.best_step, s.bad_evals = score, s.step, 0
-            if t.early_stopping_patience:
-                s.best_weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-            return False
-        s.bad_evals += 1
-        return bool(t.early_stopping_patience and s.bad_evals >= t.early_stopping_patience)
+        return track_best(s, score, self.model, t.early_stopping_patience, min_delta=1e-4)
 
     def _on_signal(self, signum, _frame) -> None:
         self._signal = signum  # acted on at the end of the current step (a consistent state to save)
@@ -366,7 +339,7 @@ class SFTRecipe:
                 if stop:
                     break
         s.train_time = time.perf_counter() - t0
-        self._restore_best()
+        restore_best(self.model, s, f", {t.early_stopping_metric}")
         return self.summary()
 
     def _after_step(self, t0: float) -> tuple[bool, float]:
@@ -388,16 +361,6 @@ class SFTRecipe:
             if interrupted:
                 raise TrainingInterrupted(self._signal or signal.SIGTERM, path)
         return stop or at_end, t0
-
-    def _restore_best(self) -> None:
-        s = self.state
-        if s.best_weights is None or s.best_step == s.step:
-            return
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in s.best_weights.items():
-                params[name].copy_(value)
-        console.print(f"restored the best weights (step {s.best_step}, {self.recipe.train.early_stopping_metric})")
 
     def summary(self) -> dict[str, Any]:
         s, t = self.state, self.recipe.train
@@ -424,40 +387,14 @@ class SFTRecipe:
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self, summary: dict[str, Any], timings: dict[str, float]) -> None:
-        from tunelab.data import write_rejects
+        from tunelab.methods import artifact_dir
 
         if not self.dist.is_main:
             return
         r, d = self.recipe, self.run_dir
-        from tunelab.methods import artifact_dir
-
         self.model.save_pretrained(d / artifact_dir(r.method), safe_serialization=True)
-        self.tokenizer.save_pretrained(d / "tokenizer")
-        atomic_write_json(d / "data_summary.json", self.data.summary)
-        write_rejects(self.data.rejects, d / "rejects.jsonl")
-        atomic_write_json(d / "train_summary.json", summary)
-        write_manifest(
-            d, seed=r.train.seed, model={"name": r.model.name, "path": str(self.resolved.path),
-                                         "source": self.resolved.source},
-            data=self._data_lineage(),
-            timings=timings, method=r.method.name,
-        )
-
-    def _data_lineage(self) -> dict[str, Any]:
-        """Which data this run used: input hashes, curation steps run here, and a curated dataset's identity."""
-        from tunelab.data.pipeline import resolve_data_path
-        from tunelab.data.stage import dataset_manifest
-
-        summary = self.data.summary
-        lineage: dict[str, Any] = {"fingerprint": self.data.fingerprint, "files": summary.get("files", {})}
-        if summary.get("curation"):
-            lineage["curation"] = [{k: c[k] for k in ("split", "step", "rows_in", "kept", "rejected")}
-                                   for c in summary["curation"]]
-        ds = dataset_manifest(resolve_data_path(self.recipe.data.path))
-        if ds:
-            lineage["dataset"] = {"path": self.recipe.data.path, "fingerprint": ds.get("fingerprint"),
-                                  "steps": [st["step"] for st in ds.get("steps", [])]}
-        return lineage
+        save_run_files(d, self.tokenizer, self.data, summary)
+        write_run_manifest(d, r, model_identity(r, self.resolved), data_lineage(self.data, r.data.path), timings)
 
     def cleanup(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
