@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -11,17 +12,23 @@ from tunelab.errors import TunelabError
 __all__ = [
     "CURATE_STEPS",
     "AugmentSpec",
+    "BaselinesSpec",
+    "BootstrapSpec",
+    "BiasSpec",
     "CleanSpec",
     "CurateSpec",
     "DataSpec",
     "DecontamSpec",
     "DedupSpec",
     "FilterSpec",
+    "GeneralSetSpec",
     "GeneratorSpec",
     "JudgeSpec",
     "MixtureSource",
     "PiiSpec",
+    "EvalJudgeSpec",
     "EvalSpec",
+    "PerplexitySpec",
     "FreezeSpec",
     "IA3Spec",
     "LoraSpec",
@@ -561,16 +568,232 @@ class TrainSpec(_Spec):
     )
 
 
+_COT_INSTRUCTION = "Think step by step, then give your final answer on the last line as 'Answer: X'."
+
+
+class BaselinesSpec(_Spec):
+    """Prompting baselines on the base model (tunelab.evaluation.icl; docs/evaluation.md)."""
+
+    enabled: bool = Field(False, description="Evaluate the base model with prompting alone (zero-shot, k-shot, "
+                          "chain-of-thought) on the same held-out rows as the fine-tune.")
+    zero_shot: bool = Field(True, description="The evaluation prompt as is (reuses the base model's answers "
+                            "when eval.compare_base already produced them).")
+    few_shot: list[int] = Field([5], description="k-shot variants: k solved training examples as earlier "
+                                "user/assistant turns of the chat ([] for none; e.g. [1, 5]).")
+    selection: Literal["random", "similar"] = Field(
+        "random", description="How shots are picked from the pool: 'random' (seeded, per test row) or "
+        "'similar' (nearest by cosine of `encoder` sentence embeddings; the most similar shot comes last)."
+    )
+    encoder: str = Field("all-minilm-l6-v2", description="Sentence encoder for selection 'similar' (mean "
+                         "pooling, L2 norm).")
+    cot: bool = Field(True, description="Chain-of-thought variant: `cot_instruction` appended to the prompt, the "
+                      "answer taken from the reasoning by answer extraction.")
+    cot_instruction: str = Field(_COT_INSTRUCTION, description="Text appended to the last user turn for "
+                                 "chain-of-thought.")
+    cot_max_new_tokens: int = Field(256, ge=1, description="Generation budget of a chain-of-thought answer.")
+    pool: Literal["train", "validation"] = Field(
+        "train", description="Split the shots come from (never the evaluated split)."
+    )
+    pool_size: int | None = Field(None, ge=1, description="Use at most this many pool rows (first in split "
+                                  "order); null: the whole split.")
+    max_samples: int | None = Field(None, ge=1, description="Evaluate baselines on at most this many of the "
+                                    "evaluated rows (null: all of them, as eval.max_samples).")
+    seed: int = Field(0, description="Seed of random shot selection (same seed, same prompts).")
+
+    @field_validator("few_shot", mode="before")
+    @classmethod
+    def _ks(cls, v: Any) -> Any:
+        v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+        if isinstance(v, list) and any(isinstance(k, int) and k < 1 for k in v):
+            raise ValueError("every k must be at least 1 (zero-shot is `zero_shot: true`)")
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError(f"repeated k in {v}")
+        return v
+
+
+class GeneralSetSpec(_Spec):
+    """One general-capability set for the learning-forgetting check (tunelab.evaluation.forgetting)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", description="Name in metrics.json and gate "
+                      "rules (general.change.NAME.perplexity).")
+    kind: Literal["perplexity", "instructions"] = Field(
+        ..., description="'perplexity': sliding-window perplexity of a plain text file (one document per "
+        "non-empty line); 'instructions': perplexity of the reference answers of an instruction file (any data "
+        "format tunelab reads, plus self-instruct rows with `instances`), chat template applied."
+    )
+    path: str = Field(..., description="The file (e.g. ../shared/data/wikitext2_raw/wiki.test.raw).")
+    max_samples: int | None = Field(200, ge=1, description="First N documents (lines) or instruction rows; "
+                                    "null: all.")
+    columns: dict[str, str] = Field(default_factory=dict, description="kind 'instructions': column mapping "
+                                    "as data.columns.")
+    encoding: str = Field("utf-8", description="Text encoding of the file.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == "worst":
+            raise ValueError("'worst' is reserved (general.worst.METRIC is the worst change over all sets)")
+        return v
+
+
+class BiasSpec(_Spec):
+    """Bias probes: counterfactual input pairs and fill-in templates (tunelab.evaluation.bias)."""
+
+    enabled: bool = Field(False, description="Probe base and tuned for bias (docs/evaluation.md, Bias probes); "
+                          "results under `bias` in eval/metrics.json, pairs in eval/bias.jsonl.")
+    inputs: bool = Field(True, description="Counterfactual pairs: evaluation prompts with one attribute's terms "
+                         "swapped (he/she, names, nationalities ...), answered and scored on both sides.")
+    templates: bool = Field(True, description="Fill-in templates ('The {person} worked as') scored by the "
+                            "log-probability of each continuation, compared across the terms of each group.")
+    templates_file: str | None = Field(None, description="A YAML/JSON probe file (swaps, groups, templates) that "
+                                       "extends the built-in set; same-named attributes replace built-in ones.")
+    builtin: bool = Field(True, description="Start from the built-in probe set (false: only `templates_file`).")
+    attributes: list[str] | None = Field(None, description="Probe only these attributes (built-in: gender, "
+                                         "ethnicity, nationality, religion, age); null: all.")
+    max_samples: int | None = Field(50, ge=1, description="Counterfactual pairs per attribute (the first "
+                                    "evaluated rows that mention a term); null: every such row.")
+
+    @model_validator(mode="after")
+    def _has_source(self) -> BiasSpec:
+        if self.enabled and not self.builtin and self.templates_file is None:
+            raise ValueError("builtin: false needs a templates_file (there would be nothing to probe)")
+        return self
+
+
+class EvalJudgeSpec(_Spec):
+    """LLM-as-judge over the evaluated answers (tunelab.evaluation.judge)."""
+
+    enabled: bool = Field(False, description="Judge the answers with an LLM (docs/evaluation.md, Judges); "
+                          "results under `judge` in eval/metrics.json, verdicts in eval/judge.jsonl.")
+    mode: Literal["pairwise", "single", "both"] = Field(
+        "pairwise", description="'pairwise': tuned vs each other system (base, baselines), every pair judged in "
+        "both orders, a verdict counts only when the two agree; 'single': every system graded alone on the "
+        "rubric's scale; 'both'."
+    )
+    judge: JudgeSpec = Field(default_factory=JudgeSpec, description="The judge: a local model or an "
+                             "OpenAI-compatible endpoint (greedy by default). The default 135M model is a weak "
+                             "judge: use a bigger one where you can.")
+    scoring: Literal["probs", "generate"] = Field(
+        "probs", description="'probs': read the judge's next-token probabilities (grades: expected score "
+        "over '1'..'5', G-Eval; pairwise: the most likely of 'A', 'B', 'C'=tie); 'generate': parse its reply."
+    )
+    scale: Literal[5, 10] = Field(5, description="Single grading scale 1..scale (10 needs scoring 'generate').")
+    rubric: str | None = Field(None, description="Rubric text; null: the built-in rubric (helpfulness, "
+                               "correctness, clarity, instruction following).")
+    rubric_file: str | None = Field(None, description="Read the rubric from this text file (not with `rubric`).")
+    reference: bool = Field(True, description="Show the judge the reference answer as a guide.")
+    against: list[str] | None = Field(None, description="Systems the tuned model is compared with (pairwise) or "
+                                      "that are graded besides it (single): 'base' and baseline names; null: "
+                                      "all that were evaluated.")
+    max_samples: int | None = Field(50, ge=1, description="Judge at most this many evaluated rows.")
+    max_chars: int = Field(2000, ge=100, description="Characters of the prompt, reference and each answer shown "
+                           "to the judge; longer ones are cut and marked as cut.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalJudgeSpec:
+        if self.rubric is not None and self.rubric_file is not None:
+            raise ValueError("give either rubric or rubric_file, not both")
+        if self.scale == 10 and self.scoring == "probs" and self.mode != "pairwise":
+            raise ValueError("scale 10 needs scoring 'generate' ('10' is not one token, so its probability "
+                             "cannot be read as the first token of the answer)")
+        return self
+
+
+class PerplexitySpec(_Spec):
+    """Sliding-window perplexity (tunelab.evaluation.perplexity; the Transformers recipe)."""
+
+    max_length: int | None = Field(1024, ge=2, description="Window length in tokens; null: the model's "
+                                   "max_position_embeddings.")
+    stride: int = Field(512, ge=1, description="Step between windows; max_length - stride tokens of each later "
+                        "window are context only.")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> PerplexitySpec:
+        if self.max_length is not None and self.stride > self.max_length:
+            raise ValueError(f"stride ({self.stride}) must not exceed max_length ({self.max_length})")
+        return self
+
+
+class BootstrapSpec(_Spec):
+    """Percentile-bootstrap confidence intervals of the headline metrics."""
+
+    n_resamples: int = Field(1000, ge=10, description="Resamples of the evaluated rows (with replacement).")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the interval (0.95: 2.5th to 97.5th "
+                              "percentile).")
+    seed: int = Field(0, description="Seed of the resampling (same seed and rows, same interval).")
+
+
+def _check_metric_names(names: list[str]) -> list[str]:
+    from tunelab.evaluation.metrics import METRICS
+
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; valid: {', '.join(sorted(METRICS))}")
+    return names
+
+
 class EvalSpec(_Spec):
     enabled: bool = Field(True, description="Evaluate after training (tunelab run) .")
-    task: Literal["auto", "json", "label", "text"] = Field(
-        "auto", description="Metric family for generated answers; 'auto' picks from the references."
+    task: Literal["auto", "json", "label", "text", "choice", "perplexity"] = Field(
+        "auto", description="'json'/'label'/'text': generated answers against the reference ('auto' picks from "
+        "the references); 'choice': log-likelihood multiple choice over each row's `options` (or `choices`) "
+        "with `answer` (index or text; default: the reference); 'perplexity': sliding-window perplexity of the "
+        "rows' text (docs/evaluation.md, Task types)."
     )
     max_new_tokens: int = Field(128, ge=1, description="Generation budget per test example.")
     batch_size: int = Field(16, ge=1, description="Examples generated at once.")
     max_samples: int | None = Field(100, ge=1, description="Evaluate at most this many test examples.")
     compare_base: bool = Field(True, description="Also evaluate the base model on the same split.")
     labels: list[str] | None = Field(None, description="Label set for label tasks (default: from the data).")
+    label_scoring: Literal["generate", "loglik"] = Field(
+        "generate", description="Label tasks: 'generate' an answer and map it to a label, or 'loglik': score every "
+        "label as the answer by log-likelihood (label probabilities, ROC-AUC; no generation)."
+    )
+    extract: str | None = Field(
+        None, description="Answer extraction before scoring generated answers: a regular expression (its last "
+        "match, group 1 if any, is the answer), 'auto' (\"the answer is X\", \"Answer: X\", last label or "
+        "number, first JSON object) or null (the whole answer)."
+    )
+    perplexity: PerplexitySpec = Field(default_factory=PerplexitySpec, description="Window and stride of "
+                                       "sliding-window perplexity (task 'perplexity', general sets).")
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec, description="Bootstrap confidence intervals "
+                                     "of every headline metric.")
+    metrics: list[str] = Field(default_factory=list, description="Extra metrics on generated answers (e.g. "
+                               "[bleu, chrf, rouge1]); docs/evaluation.md lists them all.")
+    baselines: BaselinesSpec = Field(default_factory=BaselinesSpec, description="Prompting baselines on the "
+                                     "base model: zero-shot, k-shot, chain-of-thought (off by default).")
+    general: list[GeneralSetSpec] = Field(
+        default_factory=list, description="General-capability sets scored on base and tuned (learning vs "
+        "forgetting): entries {name, kind: perplexity|instructions, path, max_samples, columns, encoding}. "
+        "Empty (the default) skips the check; docs/evaluation.md suggests sets."
+    )
+    bias: BiasSpec = Field(default_factory=BiasSpec, description="Bias probes on base and tuned: counterfactual "
+                           "input pairs and fill-in templates (off by default).")
+    judge: EvalJudgeSpec = Field(default_factory=EvalJudgeSpec, description="LLM-as-judge: pairwise with "
+                                 "position swapping and/or single-answer grades (off by default).")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        return _check_metric_names(v)
+
+    @field_validator("extract")
+    @classmethod
+    def _valid_pattern(cls, v: str | None) -> str | None:
+        if v not in (None, "auto"):
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression ({e})") from None
+        return v
+
+    @field_validator("general")
+    @classmethod
+    def _unique_sets(cls, v: list[GeneralSetSpec]) -> list[GeneralSetSpec]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"general set names must differ: {names}")
+        return v
 
 
 class OutputSpec(_Spec):
@@ -900,12 +1123,41 @@ class Recipe(_Spec):
                                           "(train.objective=reward).")
     serve: ServeSpec = Field(default_factory=ServeSpec, description="`tunelab serve`: the OpenAI-compatible "
                              "server (docs/serving.md).")
+    gate: list[str] = Field(
+        default_factory=list, description="Deployment gate: rules over eval/metrics.json that must all hold, "
+        "e.g. ['tuned.macro_f1 >= 0.8', 'general.worst.perplexity <= 5%']; `tunelab run` exits 3 when one "
+        "fails (grammar in docs/evaluation.md, Gate)."
+    )
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _gate_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else ([] if v is None else v)
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
         s = self.data.split
         if s.validation + s.test >= 0.9:
             raise ValueError("data.split.validation + data.split.test must leave at least 10% for training")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_rules(self) -> Recipe:
+        e, objective = self.eval, self.train.objective
+        parts = [k for k, on in (("eval.baselines.enabled", e.baselines.enabled), ("eval.general", e.general)) if on]
+        # Classifier heads, reward models and preference pairs have their own evaluations (no generation).
+        if parts and objective in ("classify", "reward", "preference"):
+            raise TunelabError(f"{' and '.join(parts)} evaluate generative models, but train.objective={objective} "
+                               "has its own evaluation", where=parts[0], fix=f"remove {' and '.join(parts)}")
+        if e.baselines.enabled and objective == "pretrain":
+            raise TunelabError("prompting baselines need prompts with answers; continued pretraining evaluates "
+                               "perplexity on raw text", where="eval.baselines.enabled",
+                               fix="set eval.baselines.enabled=false (eval.general works for pretraining)")
+        if not self.gate:
+            return self
+        from tunelab.evaluation.gate import check_recipe_gate
+
+        check_recipe_gate(self)
         return self
 
     @model_validator(mode="after")

@@ -8,7 +8,8 @@ Three task kinds share one entry point, :func:`compute_task_metrics`:
 - ``"text"``: free text; headline ``rougeL`` (plus SQuAD exact match and token F1).
 
 Each result dict names its headline metric under ``main`` and carries a percentile-bootstrap interval
-for it under ``<main>_ci``.
+for every metric under ``<name>_ci``. The registry of all metrics by name, ``METRICS``, and the task metric
+sets live in :mod:`tunelab.evaluation.registry` (``METRICS`` is also importable from here).
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ import numpy as np
 
 __all__ = [
     "INVALID_LABEL",
+    "METRICS",  # noqa: F822 (resolved lazily by __getattr__)
+    "accuracy",
+    "bleu",
     "bootstrap_ci",
+    "chrf",
     "compute_task_metrics",
     "exact_match",
+    "f1",
     "infer_task",
     "json_metrics",
     "label_metrics",
@@ -36,6 +42,9 @@ __all__ = [
     "normalize_answer",
     "parse_json_object",
     "perplexity",
+    "precision",
+    "recall",
+    "roc_auc",
     "rouge_l",
     "rouge_scores",
     "token_f1",
@@ -501,54 +510,104 @@ def infer_task(refs: Sequence[Any]) -> str:
     return "text"
 
 
-def _json_task(preds: Sequence[Any], refs: Sequence[Any], labels: Sequence[str] | None) -> dict[str, Any]:
-    rows = _json_rows(preds, refs)
-    out = _json_summary(rows)
-    per_example = [sum(f.values()) / len(f) if f else 0.0 for f, _, _ in rows]
-    out["field_accuracy_ci"] = list(bootstrap_ci(per_example, weights=[len(f) for f, _, _ in rows]))
-    return out
-
-
-def _label_task(preds: Sequence[str], refs: Sequence[str], labels: Sequence[str] | None) -> dict[str, Any]:
-    out, correct = _label_result(preds, refs, labels)
-    return {**out, "accuracy_ci": list(bootstrap_ci(correct))}
-
-
-def _text_task(preds: Sequence[str], refs: Sequence[str], labels: Sequence[str] | None) -> dict[str, Any]:
-    rows = _rouge_rows(preds, refs)
-    out: dict[str, Any] = {k: _mean([row[k] for row in rows]) for k in ("rouge1", "rouge2", "rougeL")}
-    out["exact_match"] = exact_match(preds, refs)
-    out["token_f1"] = token_f1(preds, refs)
-    out["rougeL_ci"] = list(bootstrap_ci([row["rougeL"] for row in rows]))
-    return out
-
-
-_TASK_FNS = {"json": _json_task, "label": _label_task, "text": _text_task}
-
-
 def compute_task_metrics(
-    task: str, preds: Sequence[Any], refs: Sequence[Any], labels: Sequence[str] | None = None
+    task: str, preds: Sequence[Any], refs: Sequence[Any], labels: Sequence[str] | None = None, *,
+    probs: Any = None, metrics: Sequence[str] = (), bootstrap: Any = None,
 ) -> dict[str, Any]:
-    """All metrics of one task kind, with the headline metric named and bootstrapped.
+    """All metrics of one task kind, each with a bootstrap interval, and the headline metric named.
+
+    The metric sets are :data:`tunelab.evaluation.registry.TASK_METRICS`: json ``field_accuracy``,
+    ``json_valid``, ``exact_match`` (all fields right); label ``accuracy``, ``macro_f1``, ``micro_f1``,
+    ``macro_precision``, ``macro_recall`` (+ ``roc_auc`` with ``probs``); text ``rougeL``, ``rouge1``,
+    ``rouge2``, ``exact_match``, ``token_f1`` (SQuAD). Every one gets ``<name>_ci``, computed from the same
+    resamples of the examples.
 
     Args:
         task: ``"json"``, ``"label"``, ``"text"``, or ``"auto"`` to use :func:`infer_task`.
-        preds: Generated answers.
+        preds: Generated answers (label tasks: mapped onto ``labels`` with :func:`map_to_label`).
         refs: References, one per prediction.
         labels: Label set for ``"label"`` (default: sorted distinct references); ignored otherwise.
+        probs: (n, len(labels)) label probabilities (label scoring by likelihood): adds ``roc_auc``.
+        metrics: Extra metric names from :data:`METRICS` (e.g. ``["bleu", "chrf"]``).
+        bootstrap: ``BootstrapSpec`` or ``{"n_resamples", "confidence", "seed"}`` (default 1000, 0.95, 0).
 
     Returns:
-        The task's metrics (fractions in [0, 1]) plus ``main`` (headline metric name),
-        ``<main>_ci`` ([lo, hi], 95% percentile bootstrap), ``task`` and ``n_examples``.
+        The metrics (fractions in [0, 1]) with ``<name>_ci`` ([lo, hi]) plus ``main`` (headline metric
+        name), ``task`` and ``n_examples``; label tasks add ``invalid_rate``, json tasks ``per_field``.
 
     Raises:
         ValueError: Unknown task, or predictions and references of different lengths.
+        TunelabError: An unknown metric name, or ``roc_auc`` without probabilities.
     """
-    if task == "auto":
-        task = infer_task(refs)
-    if task not in _TASK_FNS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)} or 'auto'")
+    from tunelab.evaluation.registry import compute_task_metrics as compute
+
+    return compute(task, preds, refs, labels, probs=probs, metrics=metrics, bootstrap=bootstrap)
+
+
+# --------------------------------------------------------------------------- single metrics
+
+
+def accuracy(preds: Sequence[str], refs: Sequence[str], labels: Sequence[str] | None = None) -> float:
+    """Fraction of predictions that map (:func:`map_to_label`) to their reference label."""
+    return label_metrics(preds, refs, labels)["accuracy"] if preds else 0.0
+
+
+def _registry_value(name: str, preds: Sequence[Any], refs: Sequence[Any], labels=None, probs=None) -> float:
+    from tunelab.evaluation.registry import METRICS as registry
+    from tunelab.evaluation.registry import Batch
+
     _check_lengths(preds, refs)
-    out = _TASK_FNS[task](preds, refs, labels)
-    out.update(main=_MAIN_METRIC[task], task=task, n_examples=len(preds))
-    return out
+    if not preds:
+        return 0.0
+    return float(registry[name].build(Batch(preds, refs, labels, probs))(np.ones((1, len(preds))))[0])
+
+
+def precision(preds: Sequence[str], refs: Sequence[str], labels: Sequence[str] | None = None,
+              average: str = "macro") -> float:
+    """Label precision, ``average`` ``"macro"`` or ``"micro"`` (= scikit-learn with ``labels=``, zero_division=0)."""
+    return _registry_value(f"{average}_precision", preds, refs, labels)
+
+
+def recall(preds: Sequence[str], refs: Sequence[str], labels: Sequence[str] | None = None,
+           average: str = "macro") -> float:
+    """Label recall, macro or micro (see :func:`precision`)."""
+    return _registry_value(f"{average}_recall", preds, refs, labels)
+
+
+def f1(preds: Sequence[str], refs: Sequence[str], labels: Sequence[str] | None = None,
+       average: str = "macro") -> float:
+    """Label F1, macro or micro (see :func:`precision`)."""
+    return _registry_value(f"{average}_f1", preds, refs, labels)
+
+
+def roc_auc(refs: Sequence[str], probs: Any, labels: Sequence[str]) -> float:
+    """ROC-AUC from label probabilities: binary (``labels[1]`` positive) or one-vs-rest macro.
+
+    Args:
+        refs: Gold labels.
+        probs: (n, len(labels)) probabilities (or scores) in ``labels`` order.
+        labels: The label set.
+
+    Returns:
+        The AUC, or NaN where it is undefined (a single class present).
+    """
+    return _registry_value("roc_auc", list(refs), refs, labels, np.asarray(probs, dtype=np.float64))
+
+
+def bleu(preds: Sequence[str], refs: Sequence[str | Sequence[str]]) -> float:
+    """Corpus BLEU of sacrebleu (13a tokeniser, exponential smoothing) as a fraction (score / 100)."""
+    return _registry_value("bleu", preds, refs)
+
+
+def chrf(preds: Sequence[str], refs: Sequence[str | Sequence[str]]) -> float:
+    """Corpus chrF of sacrebleu (character 6-grams, beta 2) as a fraction (score / 100)."""
+    return _registry_value("chrf", preds, refs)
+
+
+def __getattr__(name: str) -> Any:
+    # METRICS lives in registry.py, which imports this module; resolving it lazily avoids the cycle.
+    if name == "METRICS":
+        from tunelab.evaluation.registry import METRICS as registry
+
+        return registry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
