@@ -108,6 +108,11 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
     else:
         result = evaluate_run(run_dir, recipe)
     print_comparison(result)
+    from tunelab.evaluation.compare import print_evaluation_parts
+    from tunelab.evaluation.gate import apply_gate
+
+    result = apply_gate(run_dir, recipe.gate, result)  # last: the gate reads every part above
+    print_evaluation_parts(result)
     return result
 
 
@@ -160,13 +165,19 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         "eval_history": [r for r in rows if "val_loss" in r],
         "throughput": train_summary,
         "metrics": {"base": ev.get("base"), "tuned": ev.get("tuned")},
+        "baselines": ev.get("baselines"), "general": ev.get("general"), "gate": ev.get("gate"),
+        "bias": ev.get("bias"), "judge": ev.get("judge"), "human": ev.get("human"),
         "samples": _read_jsonl(run / "eval" / "samples.jsonl")[:8],
     }
     return write_report(run, data)
 
 
 def run(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) -> Path:
-    """Everything the recipe names, in order: train → evaluate (base vs tuned) → report."""
+    """Everything the recipe names, in order: train → evaluate (base vs tuned, baselines, forgetting) → gate → report.
+
+    The gate's decision is in RUN/eval/gate.json; `tunelab run` turns a blocked gate into exit code 3
+    (:func:`tunelab.evaluation.gate.gate_exit_code`).
+    """
     from tunelab.tracking import log_evaluation
 
     run_dir = train(recipe, recipe_name, resume=resume)

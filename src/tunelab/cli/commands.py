@@ -10,7 +10,7 @@ from rich.table import Table
 from tunelab.config.loading import dump_recipe, load_recipe
 from tunelab.util.console import console
 
-__all__ = ["cmd_chat", "cmd_data", "cmd_eval", "cmd_keys", "cmd_merge", "cmd_models", "cmd_reward", "cmd_run", "cmd_runs", "cmd_serve", "cmd_sweep", "cmd_track", "cmd_train",
+__all__ = ["cmd_chat", "cmd_compare", "cmd_data", "cmd_eval", "cmd_gate", "cmd_keys", "cmd_merge", "cmd_models", "cmd_review", "cmd_reward", "cmd_run", "cmd_runs", "cmd_serve", "cmd_sweep", "cmd_track", "cmd_train",
            "cmd_validate"]
 
 
@@ -69,6 +69,7 @@ def _print_estimate(est: dict, title: str, trials: int | None = None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tunelab import pipeline
+    from tunelab.evaluation.gate import gate_exit_code
     from tunelab.tracking import log_evaluation
 
     recipe, name = _recipe(args)
@@ -87,9 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         html, _ = pipeline.build_report(run_dir)
         log_evaluation(run_dir)
         console.print(f"report: [bold]{html}[/]")
-        return 0
-    pipeline.run(recipe, name, resume=args.resume or False)
-    return 0
+        return gate_exit_code(run_dir)
+    return gate_exit_code(pipeline.run(recipe, name, resume=args.resume or False))  # 3 when the gate blocks
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -217,7 +217,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     html, _ = pipeline.build_report(args.run_dir)
     log_evaluation(args.run_dir)
     console.print(f"report: [bold]{html}[/]")
+    from tunelab.evaluation.gate import gate_exit_code
+
+    return gate_exit_code(args.run_dir)  # 3 when the recipe's gate blocks
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tunelab.evaluation.compare import compare_runs_report
+
+    out = compare_runs_report(args.runs, args.out)
+    console.print(f"comparison: [bold]{out / 'compare.html'}[/] (compare.csv, plots/)")
     return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from tunelab.evaluation.gate import GATE_BLOCKED_EXIT, decide_run_gate
+    from tunelab.models import is_run_dir
+
+    gate = decide_run_gate(args.run_dir, args.rules or None)
+    if is_run_dir(args.run_dir):  # the report shows the decision that now stands
+        from tunelab import pipeline
+
+        pipeline.build_report(args.run_dir)
+    return 0 if gate["passed"] else GATE_BLOCKED_EXIT
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -247,6 +269,29 @@ def cmd_reward(args: argparse.Namespace) -> int:
     spread = f"mean {res['mean']:.4f}, std {res['std']:.4f}" if res["scored"] else "nothing scored"
     console.print(f"scored {res['scored']} of {res['rows']} rows ({spread}); {res['rejected']} rejected → "
                   f"[bold]{res['out']}[/]")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from tunelab import pipeline
+    from tunelab.errors import TunelabError
+    from tunelab.evaluation.review import export_review, import_ratings
+
+    if args.action == "export":
+        if args.max_items is not None and args.max_items < 1:
+            raise TunelabError(f"--max-items must be at least 1, got {args.max_items}", where="--max-items")
+        paths = export_review(args.run_dir, args.out, args.against, args.seed, args.max_items, args.overwrite)
+        console.print(f"sheet: [bold]{paths['html']}[/] and {paths['csv']} (hand these out); key: {paths['key']} "
+                      "(keep it)")
+        return 0
+    if not args.ratings:
+        raise TunelabError("missing the ratings file", fix=f"tunelab review import {args.run_dir} ratings.csv")
+    human = import_ratings(args.run_dir, args.ratings)
+    html, _ = pipeline.build_report(args.run_dir)
+    a, b = human["systems"]
+    console.print(f"{human['n_ratings']} ratings of {human['n_items']} items ({human['unrated']} unrated): {a} vs {b} "
+                  f"win {human['win_rate']:.1%} · tie {human['tie_rate']:.1%} · loss {human['loss_rate']:.1%}; "
+                  f"report: [bold]{html}[/]")
     return 0
 
 

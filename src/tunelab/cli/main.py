@@ -17,7 +17,8 @@ EXAMPLES = {
         examples:
           tunelab run examples/quickstart.yaml
           tunelab run examples/emotion.yaml data.path=../shared/data/emotion/train.txt train.max_steps=100
-        Trains, evaluates base vs tuned on the held-out split and writes report.html in the run folder.""",
+        Trains, evaluates base vs tuned on the held-out split and writes report.html in the run folder.
+        Exit codes: 0 done; 2 bad input; 3 the recipe's gate blocked the run (eval/gate.json says why).""",
     "train": """
         examples:
           tunelab train examples/quickstart.yaml
@@ -32,7 +33,20 @@ EXAMPLES = {
         examples:
           tunelab eval runs/quickstart
         Evaluates the run's tuned model and its base model on the same held-out split; writes eval/ and
-        refreshes report.html.""",
+        refreshes report.html. Exits 3 when the recipe's gate blocks (2 is bad input).""",
+    "compare": """
+        examples:
+          tunelab compare runs/emotion runs/emotion-r8
+          tunelab compare runs/a runs/b runs/c -o reports/abc
+        One row per run and variant (base model, prompting baselines, fine-tuned): the headline metric with
+        its 95% CI, the other task metrics, general-set perplexity changes, gate and training cost.
+        Writes OUT/compare.csv, OUT/compare.html and OUT/plots/ (default OUT: compare).""",
+    "gate": """
+        examples:
+          tunelab gate runs/emotion                              (the recipe's gate: rules)
+          tunelab gate runs/emotion "tuned.macro_f1 >= 0.6" "general.worst.perplexity <= 5%"
+        Decides a gate on the run's eval/metrics.json without running a model; writes eval/gate.json.
+        Exit codes: 0 passed; 3 blocked; 2 bad input (unknown metric: the error lists the valid ones).""",
     "chat": """
         examples:
           tunelab chat runs/quickstart --prompt "Extract the ticket as JSON ... Ticket: my earbuds broke"
@@ -121,6 +135,16 @@ EXAMPLES = {
         Keys live in the server database: --db URL, else $TUNELAB_DATABASE_URL, else serve-state/serve.db
         (the file `tunelab serve` reads by default). The key is printed once, at creation; only a salted
         hash is stored. Over --rpm or --tokens-per-day (UTC day) a request gets 429 with Retry-After.""",
+    "review": """
+        examples:
+          tunelab review export runs/dialogsum                      (sheet in runs/dialogsum/review/sheet/)
+          tunelab review export runs/dialogsum -o /tmp/sheet --seed 7 --max-items 40 --against 5_shot
+          tunelab review import runs/dialogsum ratings.csv
+        `export` writes a blind side-by-side sheet (review.html + ratings.csv): per item the input, the
+        reference and two answers, A and B, in a seeded random order; the key (which system is A) stays in
+        RUN/review/key.json, outside the sheet folder. `import` checks the filled CSV (preference A, B or tie;
+        errors name the line), un-blinds it and puts win/tie/loss rates with 95% intervals into
+        eval/metrics.json["human"] and the report.""",
 }
 
 
@@ -176,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--host", default="127.0.0.1")
     ev = _sub(subs, "eval", "evaluate a run folder (tuned vs base) on held-out data", c.cmd_eval)
     ev.add_argument("run_dir", help="run folder from `tunelab train`")
+    cmp = _sub(subs, "compare", "compare runs: base, prompting baselines and fine-tuned, with CIs", c.cmd_compare)
+    cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluated run folders")
+    cmp.add_argument("-o", "--out", default="compare", help="output folder (default: compare)")
+    gate = _sub(subs, "gate", "decide a run's deployment gate from its evaluation (exit 3 when blocked)",
+                c.cmd_gate)
+    gate.add_argument("run_dir", help="evaluated run folder")
+    gate.add_argument("rules", nargs="*", metavar="RULE", help="rules instead of the recipe's gate: (quote each)")
     chat = _sub(subs, "chat", "talk to a run folder's model or any model", c.cmd_chat)
     chat.add_argument("target", help="run folder, model alias, local model folder or cached hub id")
     chat.add_argument("--prompt", help="answer this one prompt and exit (default: interactive)")
@@ -191,7 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reward_verbs(_sub(subs, "reward", "use a trained reward model: score prompt/response rows", c.cmd_reward))
     _add_serve_args(_sub(subs, "serve", "serve a model, run or adapters over an OpenAI-compatible API", c.cmd_serve))
     _add_keys_args(_sub(subs, "keys", "create, list and revoke the API keys of `tunelab serve`", c.cmd_keys))
+    _add_review_args(_sub(subs, "review", "blind side-by-side sheet for human raters; import their ratings",
+                          c.cmd_review))
     return parser
+
+
+def _add_review_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["export", "import"])
+    p.add_argument("run_dir", help="an evaluated run folder")
+    p.add_argument("ratings", nargs="?", help="import: the filled ratings CSV")
+    p.add_argument("-o", "--out", help="export: the sheet folder (default RUN_DIR/review/sheet)")
+    p.add_argument("--against", default="base", help="export: system shown beside the tuned model (base or a "
+                   "baseline variant such as 5_shot; default base)")
+    p.add_argument("--seed", type=int, default=0, help="export: seed of the A/B order (default 0)")
+    p.add_argument("--max-items", type=int, help="export: only the first N evaluated rows")
+    p.add_argument("--overwrite", action="store_true", help="export: replace the key of a different sheet")
 
 
 DATA_VERBS = {

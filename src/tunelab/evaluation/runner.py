@@ -77,6 +77,11 @@ def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=Non
     precision = resolve_precision(recipe.model.precision, device)
     # Decode is memory-bound: bf16 weights halve the bytes read per token (autocast would recast each step).
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    judge = None
+    if recipe.eval.judge.enabled:  # a judge endpoint that is down fails here: before any model runs or file is written
+        from tunelab.evaluation.judge import prepare_judge
+
+        judge = prepare_judge(recipe.eval)
     tuned, tokenizer = load_run_model(run, dtype=dtype)
     tuned.to(device)
     prepared = prepared or prepare_data(recipe.data, tokenizer)
@@ -99,6 +104,25 @@ def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=Non
                                          "tuned") if examples else ({}, []))
     result = {"split": split, "n": len(examples), "task": task, "precision": precision,
               "base": base_metrics, "tuned": tuned_metrics, "delta": _delta(base_metrics, tuned_metrics)}
+    if examples and recipe.eval.baselines.enabled:  # prompting the base model instead of tuning it (icl.py)
+        from tunelab.evaluation.icl import run_baselines
+
+        result["baselines"] = run_baselines(run, recipe, examples=examples, tokenizer=tokenizer, task=task,
+                                            pool=prepared.splits.get(recipe.eval.baselines.pool, []), split=split,
+                                            device=device, dtype=dtype, base_preds=base_preds)
+    if recipe.eval.general:  # learning vs forgetting: base and tuned on general-capability sets
+        from tunelab.evaluation.forgetting import evaluate_general
+
+        result["general"] = evaluate_general(run, recipe, tuned, tokenizer, device=device, precision=precision)
+    if examples and recipe.eval.bias.enabled:  # counterfactual pairs and templates, base vs tuned (bias.py)
+        from tunelab.evaluation.bias import run_bias
+
+        result["bias"] = run_bias(run, recipe, tuned, tokenizer, examples, task, device, dtype)
+    if examples and judge is not None:  # LLM-as-judge over the answers above (judge.py)
+        from tunelab.evaluation.judge import judge_run, system_outputs
+
+        outputs = system_outputs(run, examples, base_preds, tuned_preds, recipe.eval.baselines.enabled)
+        result["judge"] = judge_run(run, recipe, examples, outputs, judge)
     out = run / "eval"
     out.mkdir(exist_ok=True)
     atomic_write_json(out / "metrics.json", result)

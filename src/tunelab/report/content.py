@@ -100,6 +100,12 @@ class ReportContent:
     sample_columns: tuple[str, ...] = ()
     samples: list[dict[str, str]] = field(default_factory=list)
     recipe_json: str | None = None
+    variants_table: Table | None = None
+    general_table: Table | None = None
+    tradeoff_caption: str | None = None
+    gate_passed: bool | None = None
+    gate_table: Table | None = None
+    people: list = field(default_factory=list)  # report.people.PeopleSection: bias, judge, human
 
 
 def _dict(v: Any) -> dict[str, Any]:
@@ -333,4 +339,25 @@ def build_content(data: dict[str, Any]) -> ReportContent:
         sample_columns=columns,
         samples=samples,
         recipe_json=_recipe_json(data.get("recipe")),
+        people=_people(data),
+        **_comparison(data, metrics),
     )
+
+
+def _comparison(data: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Prompting baselines beside the fine-tune, general-set forgetting and the gate (when evaluated)."""
+    from tunelab.evaluation.compare import gate_table, general_table, tradeoff_sentence, variants_table
+
+    ev = {"base": metrics.get("base"), "tuned": metrics.get("tuned"), "baselines": _dict(data.get("baselines")),
+          "general": _dict(data.get("general"))}
+    gate = _dict(data.get("gate"))
+    return {"variants_table": variants_table(ev), "general_table": general_table(ev),
+            "tradeoff_caption": tradeoff_sentence(ev) if ev["general"] else None,
+            "gate_passed": bool(gate["passed"]) if "passed" in gate else None, "gate_table": gate_table(gate)}
+
+
+def _people(data: dict[str, Any]) -> list:
+    """Bias probes, LLM judge and human review sections (tunelab.report.people)."""
+    from tunelab.report.people import people_sections
+
+    return people_sections(data)

@@ -80,6 +80,38 @@ def _metrics(c: ReportContent, images: Collection[str]) -> list[str]:
     return ["## Task metrics", "", *(body or ["_No evaluation metrics were recorded._", ""])]
 
 
+def _variants(c: ReportContent, images: Collection[str]) -> list[str]:
+    if c.variants_table is None:
+        return []
+    fig = ["![Headline metric by variant](plots/variants.png)", ""] if "variants" in images else []
+    note = ("_Every variant answers the same held-out rows; the baselines prompt the base model. Prompt tokens: "
+            "mean prompt length per query._")
+    return ["## Fine-tuning vs prompting", "", *fig, *_table(c.variants_table), note, ""]
+
+
+def _general(c: ReportContent, images: Collection[str]) -> list[str]:
+    if c.general_table is None:
+        return []
+    caption = [_inline(c.tradeoff_caption), ""] if c.tradeoff_caption else []
+    fig = ["![Task gain vs general perplexity change](plots/tradeoff.png)", ""] if "tradeoff" in images else []
+    return ["## Learning and forgetting", "", *caption, *fig, *_table(c.general_table)]
+
+
+def _people(s) -> list[str]:
+    """A bias / judge / human-review section (tunelab.report.people.PeopleSection)."""
+    lines = [f"## {_inline(s.title)}", ""]
+    for heading, table in s.blocks:
+        lines += ([f"### {_inline(heading)}", ""] if heading else []) + _table(table)
+    return lines + [line for n in s.notes for line in (f"_{_inline(n)}_", "")]
+
+
+def _gate(c: ReportContent) -> list[str]:
+    if c.gate_table is None:
+        return []
+    word = "**PASSED**: the run may ship." if c.gate_passed else "**BLOCKED**: at least one rule failed."
+    return ["## Gate", "", word, "", *_table(c.gate_table)]
+
+
 def _throughput(c: ReportContent) -> list[str]:
     return ["## Throughput", "", *_table(c.throughput_table)] if c.throughput_table else []
 
@@ -124,6 +156,10 @@ def render_markdown(content: ReportContent, images: Collection[str]) -> str:
         *_data(content),
         *_training(content, images),
         *_metrics(content, images),
+        *_variants(content, images),
+        *_general(content, images),
+        *(line for s in content.people for line in _people(s)),
+        *_gate(content),
         *_throughput(content),
         *_samples(content),
         *_recipe(content),

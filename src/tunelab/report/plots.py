@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
 from tunelab.report.format import is_fraction_metric
 
-__all__ = ["loss_png", "metrics_png", "write_plots"]
+__all__ = ["loss_png", "metrics_png", "tradeoff_png", "variants_png", "write_plots", "write_pngs"]
 
 _TRAIN_COLOR, _VAL_COLOR = "#2563eb", "#ea580c"
 _BASE_COLOR, _TUNED_COLOR = "#9ca3af", "#2563eb"
+_KIND_COLORS = {"base": _BASE_COLOR, "baseline": "#d97706", "tuned": _TUNED_COLOR}
 _DPI = 110
 # Above this many points the raw training loss is noisy enough that a smoothed line helps the eye.
 _SMOOTH_MIN_POINTS = 20
@@ -142,6 +144,85 @@ def metrics_png(base: Any, tuned: Any) -> bytes | None:
     return _png(fig)
 
 
+def _variant_ys(n: int) -> list[int]:
+    return list(range(n))[::-1]  # the first variant on top
+
+
+def _percent_axis(axis, fraction: bool) -> None:
+    if fraction:
+        axis.set_major_formatter(PercentFormatter(1.0))
+
+
+def variants_png(points: Any, metric: str) -> bytes | None:
+    """The headline metric of every variant (base, prompting baselines, fine-tuned) with its 95% CI.
+
+    Args:
+        points: ``[{"label", "value", "ci": (lo, hi) | None, "kind": "base"|"baseline"|"tuned"}, ...]``,
+            drawn top to bottom in this order.
+        metric: The metric's name (axis label; fractions are drawn as percentages).
+
+    Returns:
+        PNG bytes, or None with no finite value.
+    """
+    pts = [p for p in (points or []) if isinstance(p, dict) and _finite(p.get("value"))]
+    if not pts:
+        return None
+    fraction = is_fraction_metric(metric, *[p["value"] for p in pts])
+    fig = Figure(figsize=(8, 0.42 * len(pts) + 1.5))
+    ax = fig.add_subplot()
+    for y, p in zip(_variant_ys(len(pts)), pts, strict=True):
+        color = _KIND_COLORS.get(p.get("kind"), _BASE_COLOR)
+        ci = p.get("ci")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_finite(c) for c in ci):
+            ax.hlines(y, ci[0], ci[1], color=color, linewidth=2.5, alpha=0.6)
+        ax.plot([p["value"]], [y], "o", color=color, markersize=7)
+        text = f"{100 * p['value']:.1f}%" if fraction else f"{p['value']:.4g}"
+        ax.annotate(text, (p["value"], y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.set_yticks(_variant_ys(len(pts)), [str(p.get("label", "")) for p in pts])
+    ax.set_ylim(-0.7, len(pts) - 0.3)
+    _percent_axis(ax.xaxis, fraction)
+    if fraction:  # the whole 0-100% scale, so that distances between variants are not exaggerated
+        ax.set_xlim(0, 1.05)
+    _style(ax, f"{metric} by variant (95% bootstrap CI)", metric, "")
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=k)
+               for k, c in _KIND_COLORS.items() if any(p.get("kind") == k for p in pts)]
+    ax.legend(handles=handles, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return _png(fig)
+
+
+def tradeoff_png(points: Any, metric: str) -> bytes | None:
+    """Task gain against general-capability loss: one point per (run,) general set.
+
+    Args:
+        points: ``[{"label", "x": relative perplexity change of a general set, "y": task gain (tuned -
+            base of the headline metric), "set"}, ...]``.
+        metric: The headline metric (fractions: the gain is drawn in points).
+
+    Returns:
+        PNG bytes, or None with no point that has both numbers.
+    """
+    pts = [p for p in (points or []) if isinstance(p, dict) and _finite(p.get("x")) and _finite(p.get("y"))]
+    if not pts:
+        return None
+    # A gain may be negative, so the metric's kind comes from its name (fractions: gains in points).
+    scale = 100.0 if is_fraction_metric(metric, 0.5) else 1.0
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    ax.axhline(0, color="#9ca3af", linewidth=1)
+    ax.axvline(0, color="#9ca3af", linewidth=1)
+    for p in pts:
+        ax.plot([100 * p["x"]], [scale * p["y"]], "o", color=_TUNED_COLOR, markersize=8)
+        label = " · ".join(str(v) for v in (p.get("label"), p.get("set")) if v)
+        ax.annotate(label, (100 * p["x"], scale * p["y"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    xs, ys = [100 * p["x"] for p in pts], [scale * p["y"] for p in pts]
+    ax.set_xlim(min(-1.0, *xs) * 1.25, max(1.0, *xs) * 1.25)
+    ax.set_ylim(min(0.0, *ys) * 1.25 - 1, max(1.0, *ys) * 1.25)
+    unit = " (points)" if scale == 100.0 else ""
+    _style(ax, "Task gain vs general loss (up and left is better)",
+           "general perplexity change, % (right: forgot more)", f"{metric} gain{unit}")
+    return _png(fig)
+
+
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     # util.io has only a text variant; same temp-and-rename pattern for the PNGs.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -159,16 +240,43 @@ def write_plots(data: dict[str, Any], plots_dir: Path) -> dict[str, bytes]:
     """Render the figures the data allows and save them as ``plots_dir/<name>.png``.
 
     Returns:
-        ``{name: png_bytes}`` for the figures drawn (``"loss"``, ``"metrics"``).
+        ``{name: png_bytes}`` for the figures drawn (``"loss"``, ``"metrics"``, and with prompting
+        baselines ``"variants"``, with general sets ``"tradeoff"``).
     """
     metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
     pngs = {
         "loss": loss_png(data.get("train_history"), data.get("eval_history")),
         "metrics": metrics_png(metrics.get("base"), metrics.get("tuned")),
+        **_comparison_plots(data, metrics),
     }
     pngs = {name: png for name, png in pngs.items() if png is not None}
+    write_pngs(pngs, plots_dir)
+    return pngs
+
+
+def _comparison_plots(data: dict[str, Any], metrics: dict[str, Any]) -> dict[str, bytes | None]:
+    """Variants (base, prompting baselines, tuned) and the learning-forgetting trade-off, when evaluated."""
+    from tunelab.evaluation.compare import variant_rows
+    from tunelab.evaluation.forgetting import tradeoff_rows
+
+    ev = {"base": metrics.get("base"), "tuned": metrics.get("tuned"), "baselines": data.get("baselines"),
+          "general": data.get("general")}
+    main = (metrics.get("tuned") or {}).get("main") if isinstance(metrics.get("tuned"), dict) else None
+    out: dict[str, bytes | None] = {}
+    if isinstance(ev["baselines"], dict) and ev["baselines"] and main:
+        points = [{"label": v["variant"], "value": v["metrics"].get(main), "kind": v["kind"],
+                   "ci": v["metrics"].get(f"{main}_ci")} for v in variant_rows(ev)]
+        out["variants"] = variants_png(points, main)
+    if isinstance(ev["general"], dict) and ev["general"] and main:
+        trade = [{"label": "", "set": t["set"], "x": t["perplexity_change"], "y": t["task_gain"]}
+                 for t in tradeoff_rows(ev)]
+        out["tradeoff"] = tradeoff_png(trade, main)
+    return out
+
+
+def write_pngs(pngs: dict[str, bytes], plots_dir: Path) -> None:
+    """Save ``{name: png}`` as ``plots_dir/<name>.png`` (atomically; the folder is made when needed)."""
     if pngs:
         plots_dir.mkdir(parents=True, exist_ok=True)
     for name, png in pngs.items():
         _atomic_write_bytes(plots_dir / f"{name}.png", png)
-    return pngs
