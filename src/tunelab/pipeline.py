@@ -91,12 +91,21 @@ def train(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False,
     return run_dir
 
 
-def evaluate(run_dir: str | Path) -> dict[str, Any]:
-    """Evaluate a run folder's tuned model against its base model on the held-out split."""
+def evaluate(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a run folder's tuned model against its base model on the held-out split.
+
+    `overrides` (``eval.key=value``) change the evaluation settings for this call only; other sections
+    would change what was trained or which rows are held out, so they are refused.
+    """
     from tunelab.config.loading import load_recipe
+    from tunelab.errors import TunelabError
     from tunelab.evaluation.runner import evaluate_run
 
-    recipe = load_recipe(Path(run_dir) / "config.yaml")
+    bad = [o for o in overrides or [] if not o.startswith("eval.")]
+    if bad:
+        raise TunelabError(f"only eval.* settings can change at evaluation time, not {bad[0].split('=')[0]!r}",
+                           where="overrides", fix="retrain with the changed recipe (tunelab run RECIPE key=value)")
+    recipe = load_recipe(Path(run_dir) / "config.yaml", overrides)
     if recipe.train.objective == "reward":  # pairwise accuracy of the reward model on held-out pairs
         from tunelab.recipes.reward import evaluate_reward_run
 

@@ -231,21 +231,19 @@ def test_evaluate_with_a_local_judge(trained_run, tiny_model_dir):
     assert rows[0]["pairwise"]["base"]["outcome"] in {"win", "tie", "loss", "inconsistent", "no_verdict"}
 
 
-def test_judge_endpoint_down_writes_nothing(trained_run, tiny_model_dir):
+def test_judge_endpoint_down_writes_nothing(trained_run, capsys):
     from tunelab.cli.main import main
 
-    run_dir, tmp, data = trained_run
+    run_dir, _, _ = trained_run
     eval_dir = run_dir / "eval"
     before = {p.name: p.stat().st_mtime_ns for p in eval_dir.iterdir()} if eval_dir.is_dir() else {}
-    config = (run_dir / "config.yaml").read_text()
-    recipe = _recipe(tmp, data, tiny_model_dir, "eval.enabled=true", "eval.judge.enabled=true",
-                     f"eval.judge.judge.endpoint=http://127.0.0.1:{_closed_port()}/v1", "eval.judge.judge.timeout_s=5")
-    from tunelab.config.loading import dump_recipe
-
-    (run_dir / "config.yaml").write_text(dump_recipe(recipe))
-    try:
-        assert main(["eval", str(run_dir)]) == 2
-    finally:
-        (run_dir / "config.yaml").write_text(config)
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    assert main(["eval", str(run_dir), "eval.judge.enabled=true", f"eval.judge.judge.endpoint={url}",
+                 "eval.judge.judge.timeout_s=5"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: eval.judge.judge.endpoint: the judge endpoint does not answer: cannot reach the generator endpoint {url}" in err
     after = {p.name: p.stat().st_mtime_ns for p in eval_dir.iterdir()} if eval_dir.is_dir() else {}
     assert after == before
+    # Evaluation-time overrides are limited to eval.* (other keys would change the run itself).
+    assert main(["eval", str(run_dir), "data.split.test=0.5"]) == 2
+    assert "only eval.* settings can change at evaluation time, not 'data.split.test'" in capsys.readouterr().err

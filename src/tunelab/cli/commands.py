@@ -213,7 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                            fix="pass a folder created by `tunelab train` or `tunelab run`")
     from tunelab.tracking import log_evaluation
 
-    pipeline.evaluate(args.run_dir)
+    pipeline.evaluate(args.run_dir, args.overrides)
     html, _ = pipeline.build_report(args.run_dir)
     log_evaluation(args.run_dir)
     console.print(f"report: [bold]{html}[/]")

@@ -32,8 +32,10 @@ EXAMPLES = {
     "eval": """
         examples:
           tunelab eval runs/quickstart
+          tunelab eval runs/dialogsum eval.bias.enabled=true eval.judge.judge.endpoint=http://127.0.0.1:8000/v1
         Evaluates the run's tuned model and its base model on the same held-out split; writes eval/ and
-        refreshes report.html. Exits 3 when the recipe's gate blocks (2 is bad input).""",
+        refreshes report.html. Exits 3 when the recipe's gate blocks (2 is bad input). eval.* overrides
+        apply to this evaluation only (config.yaml is not changed).""",
     "compare": """
         examples:
           tunelab compare runs/emotion runs/emotion-r8
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--host", default="127.0.0.1")
     ev = _sub(subs, "eval", "evaluate a run folder (tuned vs base) on held-out data", c.cmd_eval)
     ev.add_argument("run_dir", help="run folder from `tunelab train`")
+    ev.add_argument("overrides", nargs="*", metavar="eval.key=value", help="eval settings for this evaluation only")
     cmp = _sub(subs, "compare", "compare runs: base, prompting baselines and fine-tuned, with CIs", c.cmd_compare)
     cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluated run folders")
     cmp.add_argument("-o", "--out", default="compare", help="output folder (default: compare)")
