@@ -125,7 +125,7 @@ def test_pretrain_loss_falls_and_evaluation_is_perplexity_without_generation(tmp
     def no_generation(*args, **kwargs):
         raise AssertionError("pretraining runs are scored by perplexity, not generation")
 
-    monkeypatch.setattr(runner, "generate_answers", no_generation)
+    monkeypatch.setattr("tunelab.evaluation.generate.generate_answers", no_generation)
     result = runner.evaluate_run(run_dir)
     assert result["task"] == "perplexity" and result["n"] > 0
     assert result["tuned"]["perplexity"] < result["base"]["perplexity"]

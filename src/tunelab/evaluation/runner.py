@@ -11,11 +11,9 @@ import torch
 
 from tunelab.config.loading import load_recipe
 from tunelab.config.specs import Recipe
-from tunelab.evaluation.generate import generate_answers
-from tunelab.evaluation.metrics import compute_task_metrics, infer_task
+from tunelab.evaluation.task_scoring import check_task_inputs, resolve_task, score_task
 from tunelab.models import load_causal_lm, load_run_model, resolve_device, resolve_precision
 from tunelab.training.loss import mean_nll
-from tunelab.util.console import console
 from tunelab.util.io import atomic_write_json, atomic_write_text
 
 __all__ = ["evaluate_run"]
@@ -34,15 +32,11 @@ def _score(model, tokenizer, examples, encoded, recipe: Recipe, task: str, devic
     e = recipe.eval
     t0 = time.perf_counter()
     nll = mean_nll(model, encoded, e.batch_size, tokenizer.pad_token_id, device, precision)
-    if task == "perplexity":  # plain text (continued pretraining): nothing to generate from
-        preds, metrics = [""] * len(examples), {"main": "perplexity", "task": task, "n_examples": len(examples)}
-    else:
-        preds = generate_answers(model, tokenizer, [ex.prompt_messages for ex in examples], e.max_new_tokens,
-                                 e.batch_size, device, label=f"generate ({label})")
-        metrics = compute_task_metrics(task, preds, [ex.reference for ex in examples], e.labels)
+    metrics, preds = score_task(model, tokenizer, examples, e, task, device, label)  # task types: task_scoring.py
     if nll is not None:
         metrics["loss"] = round(nll, 5)
-        metrics["perplexity"] = round(math.exp(min(nll, 50)), 4)
+        # Task 'perplexity' reports the sliding-window number; exp(loss) is the perplexity of the encoded rows.
+        metrics["loss_perplexity" if task == "perplexity" else "perplexity"] = round(math.exp(min(nll, 50)), 4)
     metrics["eval_time_s"] = round(time.perf_counter() - t0, 2)
     return metrics, preds
 
@@ -88,13 +82,8 @@ def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=Non
     split, examples, encoded = _eval_split(prepared)
     n = recipe.eval.max_samples or len(examples)
     examples, encoded = examples[:n], encoded[:n]
-    if not examples:
-        console.print("[yellow]no held-out rows to evaluate (test and validation splits are empty)[/]")
-    refs = [ex.reference for ex in examples]
-    if recipe.train.objective == "pretrain" or any(not ex.prompt_messages for ex in examples):
-        task = "perplexity"  # nothing to generate from: held-out text (blocks for pretrain) is scored as is
-    else:
-        task = recipe.eval.task if recipe.eval.task != "auto" else infer_task(refs)
+    task = resolve_task(recipe, examples)
+    check_task_inputs(examples, recipe.eval, task, split)  # bad input stops here, before the base model loads
     base_metrics, base_preds = None, None
     if recipe.eval.compare_base and examples:
         base = load_causal_lm(recipe.model.name, recipe.model.trust_remote_code, dtype).to(device)
