@@ -134,3 +134,9 @@ def test_report_sections(tmp_path):
     # Without these parts the report has none of their sections.
     _, plain = write_report(tmp_path / "plain", {"metrics": {"base": ev["base"], "tuned": ev["tuned"]}})
     assert "Fine-tuning vs prompting" not in plain.read_text() and "## Gate" not in plain.read_text()
+
+
+def test_compare_help_shows_an_example(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--help"])
+    assert e.value.code == 0 and "tunelab compare runs/" in capsys.readouterr().out

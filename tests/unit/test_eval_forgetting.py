@@ -97,7 +97,7 @@ def test_scores_match_the_reference_functions(tmp_path, tiny_model, tokenizer, t
     ref = sliding_window_perplexity(tiny_model, tokenizer, load_text_set(text_file, None), 8, 4, "cpu")
     assert out["tuned"]["text"]["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-9)
     assert out["tuned"]["text"]["tokens"] == ref["tokens"] and out["tuned"]["text"]["n_examples"] == 3
-    rows = [encode_example(ex, tokenizer, 512, "truncate") for ex in load_instruction_set(recipe.eval.general[1])]
+    rows = [encode_example(ex, tokenizer, 1024, "truncate") for ex in load_instruction_set(recipe.eval.general[1])]
     nll = mean_nll(tiny_model, rows, recipe.eval.batch_size, tokenizer.pad_token_id, "cpu", "fp32")
     assert out["tuned"]["si"]["nll"] == pytest.approx(nll) and out["tuned"]["si"]["perplexity"] == pytest.approx(
         math.exp(nll))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -153,3 +154,11 @@ def test_run_exits_3_when_the_gate_blocks(tmp_path, chat_jsonl, tiny_model_dir):
     # The same evaluation passes a rule it meets (decided again without a model).
     assert main(["gate", str(run), "tuned.accuracy >= 0.0"]) == 0
     assert "**PASSED**" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("verb", ["gate", "run", "eval"])
+def test_help_documents_exit_code_3(verb, capsys):
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"3 the recipe's gate blocked|Exits 3 when the recipe's gate blocks|3 blocked", out)

@@ -626,6 +626,8 @@ class GeneralSetSpec(_Spec):
                                     "null: all.")
     columns: dict[str, str] = Field(default_factory=dict, description="kind 'instructions': column mapping "
                                     "as data.columns.")
+    max_length: int = Field(1024, ge=16, description="kind 'instructions': most tokens per row (prompt and "
+                            "answer; the end of a longer answer is not scored). Text sets use eval.perplexity.")
     encoding: str = Field("utf-8", description="Text encoding of the file.")
 
     @field_validator("name")
@@ -764,7 +766,7 @@ class EvalSpec(_Spec):
                                      "base model: zero-shot, k-shot, chain-of-thought (off by default).")
     general: list[GeneralSetSpec] = Field(
         default_factory=list, description="General-capability sets scored on base and tuned (learning vs "
-        "forgetting): entries {name, kind: perplexity|instructions, path, max_samples, columns, encoding}. "
+        "forgetting): entries {name, kind: perplexity|instructions, path, max_samples, columns, max_length, encoding}. "
         "Empty (the default) skips the check; docs/evaluation.md suggests sets."
     )
     bias: BiasSpec = Field(default_factory=BiasSpec, description="Bias probes on base and tuned: counterfactual "

@@ -101,17 +101,17 @@ def _score_text(model: Any, tokenizer: Any, docs: list[str], recipe: Any, device
             "n_examples": len(docs)}
 
 
-def _score_instructions(model: Any, tokenizer: Any, examples: list[Any], recipe: Any, device: str,
+def _score_instructions(model: Any, tokenizer: Any, spec: Any, examples: list[Any], recipe: Any, device: str,
                         precision: str) -> dict[str, Any]:
     from tunelab.data.records import Reject
     from tunelab.data.tokenize import encode_example
     from tunelab.training.loss import mean_nll
 
-    rows = [encode_example(ex, tokenizer, recipe.data.max_length, "truncate") for ex in examples]
-    rows = [r for r in rows if not isinstance(r, Reject)]  # answers cut off entirely by truncation
+    rows = [encode_example(ex, tokenizer, spec.max_length, "truncate") for ex in examples]
+    rows = [r for r in rows if not isinstance(r, Reject)]  # prompts so long that no answer token is left
     if not rows:
-        raise TunelabError("no instruction left to score within data.max_length tokens",
-                           where="eval.general", fix="raise data.max_length")
+        raise TunelabError(f"no answer of '{spec.name}' starts within {spec.max_length} tokens",
+                           where="eval.general.max_length", fix="raise it")
     nll = mean_nll(model, rows, recipe.eval.batch_size, tokenizer.pad_token_id, device, precision)
     return {"perplexity": math.exp(min(nll, 50.0)), "nll": nll, "tokens": sum(r["n_loss"] for r in rows),
             "n_examples": len(rows)}
@@ -127,7 +127,7 @@ def _score_all(model: Any, tokenizer: Any, sets: list[tuple[Any, list]], recipe:
         if spec.kind == "perplexity":
             scores = _score_text(model, tokenizer, data, recipe, device)
         else:
-            scores = _score_instructions(model, tokenizer, data, recipe, device, precision)
+            scores = _score_instructions(model, tokenizer, spec, data, recipe, device, precision)
         scores["eval_time_s"] = round(time.perf_counter() - t0, 2)
         console.print(f"general '{spec.name}' ({label}): perplexity {scores['perplexity']:.3f} over "
                       f"{scores['tokens']:,} tokens")
