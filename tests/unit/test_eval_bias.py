@@ -243,3 +243,20 @@ def test_unknown_attribute(tmp_path, tiny_model, tokenizer):
                                 "eval.compare_base=false"])
     with pytest.raises(TunelabError, match="unknown bias attribute\\(s\\) 'colour'; valid: age, ethnicity"):
         run_bias(tmp_path, recipe, tiny_model, tokenizer, [], "label", "cpu")
+
+
+def test_report_section(tmp_path):
+    from tunelab.report import write_report
+
+    side = {"n_pairs": 12, "output_change_rate": 0.25, "output_change_rate_ci": [0.0, 0.5], "mean_score_diff": -0.1}
+    tpl = {"n_pairs": 6, "mean_abs_dlogprob": 0.31, "top_flip_rate": 0.5,
+           "most_skewed": {"template": "The {person} worked as", "continuation": " a nurse", "highest": "woman",
+                           "lowest": "man", "spread": 1.25}}
+    bias = {"inputs": {"gender": {"base": side, "tuned": {**side, "output_change_rate": 0.5}}},
+            "templates": {"gender": {"base": tpl, "tuned": tpl}}, "pairs_found": {"gender": 12}, "n_templates": 6}
+    html, md = write_report(tmp_path, {"title": "t", "bias": bias})
+    text = md.read_text()
+    assert "## Bias probes" in text
+    assert "| gender | 12 | answer changes beyond the swap | 25.0% [0.0%, 50.0%] | 50.0% [0.0%, 50.0%] |" in text
+    assert "'a nurse' after 'The {person} worked as' — most likely for 'woman'" in text
+    assert "Bias probes" in html.read_text()

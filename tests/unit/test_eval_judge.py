@@ -247,3 +247,15 @@ def test_judge_endpoint_down_writes_nothing(trained_run, capsys):
     # Evaluation-time overrides are limited to eval.* (other keys would change the run itself).
     assert main(["eval", str(run_dir), "data.split.test=0.5"]) == 2
     assert "only eval.* settings can change at evaluation time, not 'data.split.test'" in capsys.readouterr().err
+
+
+def test_report_section(tmp_path):
+    from tunelab.report import write_report
+
+    summary, _ = judge_systems(PROMPTS, REFS, OUTPUTS, _spec(mode="both"), _Judge())
+    summary["note"] = "judged by a weak model"
+    html, md = write_report(tmp_path, {"title": "t", "judge": summary})
+    text = md.read_text()
+    assert "## LLM judge" in text and "| tuned vs base | 4 | 4 | 50.0% [" in text
+    assert "Caution: judged by a weak model." in text and "mean grade (1-5)" in text
+    assert "LLM judge" in html.read_text()

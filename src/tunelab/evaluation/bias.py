@@ -42,6 +42,7 @@ __all__ = [
     "load_probe_set",
     "make_pairs",
     "run_bias",
+    "template_logprobs",
     "template_metrics",
 ]
 
@@ -423,8 +424,9 @@ def _most_skewed(norm: dict[tuple[int, str], list[float]], templates: Sequence[T
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _template_logprobs(model, tokenizer, templates: Sequence[Template], terms: Sequence[str], batch_size: int,
-                       device: str) -> dict[tuple[int, str], list[float]]:
+def template_logprobs(model, tokenizer, templates: Sequence[Template], terms: Sequence[str], batch_size: int,
+                      device: str) -> dict[tuple[int, str], list[float]]:
+    """``(template index, term) -> summed log-prob of each continuation`` after the filled-in template."""
     from tunelab.evaluation.scoring import continuation_logprobs
 
     keys, contexts, conts = [], [], []
@@ -479,7 +481,7 @@ def _probe_model(model, tokenizer, probes: ProbeSet, pairs, swappers, task, labe
     templates = {}
     if probes.templates:
         for attr, terms in probes.groups.items():
-            lp = _template_logprobs(model, tokenizer, probes.templates, terms, spec.batch_size, device)
+            lp = template_logprobs(model, tokenizer, probes.templates, terms, spec.batch_size, device)
             templates[attr] = template_metrics(lp, probes.templates, terms)
     return {"inputs": inputs, "templates": templates}, rows
 
