@@ -209,3 +209,37 @@ def test_baselines_in_a_run(tmp_path, chat_jsonl, tiny_model_dir):
     report = (run / "report.md").read_text()
     assert "## Fine-tuning vs prompting" in report and "2-shot (random)" in report
     assert (run / "plots" / "variants.png").is_file()
+
+
+def test_k_shot_uses_the_task_scoring_of_base_and_tuned(tmp_path, splits, tiny_model, tokenizer, chat_jsonl,
+                                                       tiny_model_dir):
+    train, test = splits
+    labels = ["red", "green", "blue", "black", "white", "yellow"]
+    recipe = _recipe(tmp_path, chat_jsonl, tiny_model_dir, "eval.label_scoring=loglik", f"eval.labels={labels}",
+                     "eval.baselines.cot=false", "eval.baselines.few_shot=[2]", "eval.metrics=[roc_auc]")
+    out = run_baselines(tmp_path, recipe, examples=test[:4], pool=train, tokenizer=tokenizer, task="label",
+                        split="test", device="cpu", model=tiny_model)
+    # Labels scored by likelihood after the shots: every answer is a label, probabilities give ROC-AUC.
+    assert "roc_auc" in out["2_shot"] and "roc_auc" in out["zero_shot"]
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "baselines.jsonl").read_text().splitlines()]
+    assert rows and all(r["output"] in labels for r in rows)
+
+
+def test_multiple_choice_rows_with_shots_and_reasoning(tmp_path, tiny_model, tokenizer, chat_jsonl, tiny_model_dir,
+                                                       monkeypatch):
+    import tunelab.evaluation.generate as generate
+
+    def mc(i):
+        options = ["a cat", "a car", "a cloud"]
+        ex = _ex(f"Question {i}: which one purrs? Options: a cat, a car, a cloud", "a cat", f"q:{i}")
+        ex.raw = {"options": options, "answer": 0}
+        return ex
+
+    pool, test = [mc(i) for i in range(6)], [mc(i) for i in range(6, 10)]
+    monkeypatch.setattr(generate, "generate_answers", lambda *a, **k: ["It meows. Answer: a cat"] * 2 + ["no"] * 2)
+    recipe = _recipe(tmp_path, chat_jsonl, tiny_model_dir, "eval.task=choice", "eval.baselines.few_shot=[2]")
+    out = run_baselines(tmp_path, recipe, examples=test, pool=pool, tokenizer=tokenizer, task="choice",
+                        split="test", device="cpu", model=tiny_model)
+    assert out["cot"]["accuracy"] == 0.5 and out["cot"]["extract_failed_rate"] == 0.5
+    assert out["2_shot"]["task"] == "choice" and 0 <= out["2_shot"]["accuracy"] <= 1
+    assert "accuracy_norm" in out["2_shot"]  # scored as base and tuned are: options by likelihood

@@ -32,8 +32,8 @@ from tunelab.errors import TunelabError
 __all__ = ["build_cot_prompts", "build_few_shot_prompts", "few_shot_messages", "run_baselines",
            "select_random", "select_similar", "strip_shared_affixes", "variant_names"]
 
-# Tasks whose answers are generated and scored by compute_task_metrics (and extractable for chain-of-thought).
-_TASKS = ("label", "json", "text")
+# Tasks with a prompt and an answer per row: generated answers, label likelihoods, multiple-choice options.
+_TASKS = ("label", "json", "text", "choice")
 # Context tokens kept free for the answer when shots are dropped to fit the model's context.
 _MIN_ANSWER_ROOM = 16
 
@@ -203,8 +203,6 @@ class _Context:
                  device: str):
         self.recipe, self.spec, self.model, self.tokenizer = recipe, recipe.eval.baselines, model, tokenizer
         self.examples, self.task, self.device = list(examples), task, device
-        self.refs = [ex.reference for ex in self.examples]
-        self.labels = recipe.eval.labels
         limit = getattr(model.config, "max_position_embeddings", None)
         self.context_limit = int(limit) if isinstance(limit, int) else None
 
@@ -213,10 +211,18 @@ class _Context:
 
         return len(self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"])
 
-    def metrics(self, preds: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-        from tunelab.evaluation.metrics import compute_task_metrics
+    def mean_tokens(self, prompts: list[list[dict[str, str]]]) -> float:
+        return round(float(np.mean([self.n_tokens(p) for p in prompts])), 1) if prompts else 0.0
 
-        return {**compute_task_metrics(self.task, preds, self.refs, self.labels), **extra}
+    def score(self, prompts: list[list[dict[str, str]]], label: str) -> tuple[dict[str, Any], list[str]]:
+        """Score the rows asked with other prompts exactly as base and tuned are scored (task_scoring)."""
+        from tunelab.data.records import Example
+        from tunelab.evaluation.task_scoring import score_task
+
+        # The same rows (reference, raw record with any options) with the variant's conversation before the answer.
+        asked = [Example(messages=[*p, {"role": "assistant", "content": ex.reference}], text=None, where=ex.where,
+                         raw=ex.raw) for p, ex in zip(prompts, self.examples, strict=True)]
+        return score_task(self.model, self.tokenizer, asked, self.recipe.eval, self.task, self.device, label)
 
 
 def _fit(ctx: _Context, example: Any, shots: list[Any], budget: int) -> tuple[list[dict[str, str]], int]:
@@ -226,20 +232,6 @@ def _fit(ctx: _Context, example: Any, shots: list[Any], budget: int) -> tuple[li
         if ctx.context_limit is None or not shots or ctx.n_tokens(messages) + budget <= ctx.context_limit:
             return messages, len(shots)
         shots = shots[1:]
-
-
-def _answer(ctx: _Context, prompts: list[list[dict[str, str]]], max_new_tokens: int, label: str) -> list[str]:
-    """Greedy answers, or for label tasks scored by likelihood (eval.label_scoring: loglik) the best label."""
-    from tunelab.evaluation.generate import generate_answers
-
-    e = ctx.recipe.eval
-    if ctx.task == "label" and getattr(e, "label_scoring", "generate") == "loglik":
-        from tunelab.evaluation.scoring import score_options
-
-        options = list(e.labels or sorted(set(ctx.refs)))
-        scores = score_options(ctx.model, ctx.tokenizer, prompts, [options] * len(prompts), e.batch_size, ctx.device)
-        return [options[int(np.argmax(s))] for s in scores]
-    return generate_answers(ctx.model, ctx.tokenizer, prompts, max_new_tokens, e.batch_size, ctx.device, label=label)
 
 
 def _rows(variant: str, examples: Sequence[Any], outputs: list[str], answers: list[str] | None,
@@ -255,20 +247,23 @@ def _rows(variant: str, examples: Sequence[Any], outputs: list[str], answers: li
     return rows
 
 
-def _zero_shot(ctx: _Context, base_preds: list[str] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+# Values of the base model's evaluation that belong to its loss on the references, not to its answers.
+_NOT_ANSWERS = ("loss", "perplexity", "loss_perplexity", "eval_time_s")
+
+
+def _zero_shot(ctx: _Context, base: tuple[dict[str, Any], list[str]] | None
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     t0 = time.perf_counter()
     prompts = [ex.prompt_messages for ex in ctx.examples]
-    reuse = base_preds is not None and len(base_preds) >= len(prompts)
-    preds = list(base_preds[:len(prompts)]) if reuse else _answer(ctx, prompts, ctx.recipe.eval.max_new_tokens,
-                                                                  "zero-shot (base)")
-    extra = {"k": 0, "prompt_tokens": _mean_tokens(ctx, prompts), "eval_time_s": round(time.perf_counter() - t0, 2)}
-    if reuse:  # the base model's evaluation is this very prompt; its answers are not generated twice
-        extra["same_as"] = "base"
-    return ctx.metrics(preds, extra), _rows("zero_shot", ctx.examples, preds, None, None)
-
-
-def _mean_tokens(ctx: _Context, prompts: list[list[dict[str, str]]]) -> float:
-    return round(float(np.mean([ctx.n_tokens(p) for p in prompts])), 1) if prompts else 0.0
+    if base is not None and len(base[1]) == len(prompts):
+        # The base model's evaluation is this very prompt: its scores and answers are not computed twice.
+        metrics = {k: v for k, v in base[0].items() if k not in _NOT_ANSWERS}
+        metrics["same_as"] = "base"
+        outputs = list(base[1])
+    else:
+        metrics, outputs = ctx.score(prompts, "zero-shot (base)")
+    metrics.update(k=0, prompt_tokens=ctx.mean_tokens(prompts), eval_time_s=round(time.perf_counter() - t0, 2))
+    return metrics, _rows("zero_shot", ctx.examples, outputs, None, None)
 
 
 def _few_shot(ctx: _Context, pool: Sequence[Any], k: int,
@@ -278,29 +273,56 @@ def _few_shot(ctx: _Context, pool: Sequence[Any], k: int,
     budget = max(ctx.recipe.eval.max_new_tokens, _MIN_ANSWER_ROOM)
     fitted = [_fit(ctx, ex, [pool[i] for i in idx], budget) for ex, idx in zip(ctx.examples, picked, strict=True)]
     prompts = [m for m, _ in fitted]
-    preds = _answer(ctx, prompts, ctx.recipe.eval.max_new_tokens, f"{k}-shot (base)")
+    metrics, outputs = ctx.score(prompts, f"{k}-shot (base)")
     used = [[pool[i].where for i in idx[len(idx) - n:]] for (_, n), idx in zip(fitted, picked, strict=True)]
-    extra = {"k": k, "selection": ctx.spec.selection, "shots_used": round(float(np.mean([n for _, n in fitted])), 2),
-             "prompt_tokens": _mean_tokens(ctx, prompts), "eval_time_s": round(time.perf_counter() - t0, 2)}
-    return ctx.metrics(preds, extra), _rows(f"{k}_shot", ctx.examples, preds, None, used)
+    metrics.update(k=k, selection=ctx.spec.selection, shots_used=round(float(np.mean([n for _, n in fitted])), 2),
+                   prompt_tokens=ctx.mean_tokens(prompts), eval_time_s=round(time.perf_counter() - t0, 2))
+    return metrics, _rows(f"{k}_shot", ctx.examples, outputs, None, used)
+
+
+def _choice_metrics(ctx: _Context, answers: list[str]) -> dict[str, Any]:
+    from tunelab.evaluation.registry import mean_metrics
+    from tunelab.evaluation.task_scoring import choice_row
+
+    rows = [choice_row(ex) for ex in ctx.examples]
+    right = [float(a != "" and a == opts[gold]) for a, (opts, gold) in zip(answers, rows, strict=True)]
+    metrics = mean_metrics({"accuracy": right}, ctx.recipe.eval.bootstrap)
+    metrics.update(main="accuracy", task="choice", n_examples=len(answers))
+    return metrics
+
+
+def _extracted(ctx: _Context, outputs: list[str]) -> list[str]:
+    from tunelab.evaluation.extract import extract_answer
+    from tunelab.evaluation.task_scoring import choice_row, task_labels
+
+    # Chain-of-thought always extracts: a regex in eval.extract is used, otherwise the automatic rules.
+    pattern = getattr(ctx.recipe.eval, "extract", None)
+    pattern = None if pattern in (None, "auto") else pattern
+    if ctx.task == "choice":
+        return [extract_answer(o, "choice", choice_row(ex)[0], pattern) for o, ex in zip(outputs, ctx.examples,
+                                                                                          strict=True)]
+    labels = task_labels(ctx.examples, ctx.recipe.eval) if ctx.task == "label" else None
+    return [extract_answer(o, ctx.task, labels, pattern) for o in outputs]
 
 
 def _cot(ctx: _Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from tunelab.evaluation.extract import extract_answer
     from tunelab.evaluation.generate import generate_answers
+    from tunelab.evaluation.metrics import compute_task_metrics
 
     t0 = time.perf_counter()
     e = ctx.recipe.eval
     prompts = build_cot_prompts(ctx.examples, ctx.spec.cot_instruction)
     outputs = generate_answers(ctx.model, ctx.tokenizer, prompts, ctx.spec.cot_max_new_tokens, e.batch_size,
                                ctx.device, label="chain-of-thought (base)")
-    labels = list(e.labels or sorted(set(ctx.refs))) if ctx.task == "label" else None
-    # Chain-of-thought always extracts: a regex in eval.extract is used, otherwise the automatic rules.
-    pattern = getattr(e, "extract", None)
-    pattern = None if pattern in (None, "auto") else pattern
-    answers = [extract_answer(o, ctx.task, labels, pattern) for o in outputs]
-    extra = {"k": 0, "prompt_tokens": _mean_tokens(ctx, prompts), "eval_time_s": round(time.perf_counter() - t0, 2)}
-    return ctx.metrics(answers, extra), _rows("cot", ctx.examples, outputs, answers, None)
+    answers = _extracted(ctx, outputs)
+    if ctx.task == "choice":
+        metrics = _choice_metrics(ctx, answers)
+    else:
+        metrics = compute_task_metrics(ctx.task, answers, [ex.reference for ex in ctx.examples], e.labels,
+                                       metrics=e.metrics, bootstrap=e.bootstrap)
+    metrics.update(k=0, extract_failed_rate=float(np.mean([a == "" for a in answers])) if answers else 0.0,
+                   prompt_tokens=ctx.mean_tokens(prompts), eval_time_s=round(time.perf_counter() - t0, 2))
+    return metrics, _rows("cot", ctx.examples, outputs, answers, None)
 
 
 def _check_pool(spec: Any, split: str, pool: Sequence[Any]) -> None:
@@ -315,10 +337,23 @@ def _check_pool(spec: Any, split: str, pool: Sequence[Any]) -> None:
                            where="eval.baselines.pool", fix="use chat/instruction data with answers")
 
 
+def _load_base(recipe: Any, device: str, dtype: Any) -> Any:
+    import torch
+
+    from tunelab.models import load_causal_lm
+
+    return load_causal_lm(recipe.model.name, recipe.model.trust_remote_code, dtype or torch.float32).to(device)
+
+
 def run_baselines(run_dir: str | Path, recipe: Any, *, examples: Sequence[Any], pool: Sequence[Any],
                   tokenizer: Any, task: str, split: str, device: str, model: Any | None = None,
-                  dtype: Any = None, base_preds: list[str] | None = None) -> dict[str, dict[str, Any]]:
+                  dtype: Any = None, base_preds: list[str] | None = None,
+                  base_metrics: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Score the prompting baselines of ``recipe.eval.baselines`` with the base model.
+
+    Zero- and k-shot rows are scored exactly as base and tuned (:func:`tunelab.evaluation.task_scoring.score_task`:
+    generation or label likelihood, ``eval.extract``, ``eval.metrics``, ``eval.bootstrap``); chain-of-thought
+    generates with ``cot_max_new_tokens`` and always extracts the answer.
 
     Args:
         run_dir: The run folder; per-row outputs go to ``eval/baselines.jsonl``.
@@ -326,43 +361,41 @@ def run_baselines(run_dir: str | Path, recipe: Any, *, examples: Sequence[Any], 
         examples: The evaluated rows (the same as base and tuned).
         pool: The split shots come from (``eval.baselines.pool``).
         tokenizer: The model's tokenizer (chat template).
-        task: The evaluation task (label, json, text, ...).
+        task: The evaluation task (label, json, text, choice).
         split: Name of the evaluated split (the pool must differ).
         device: Torch device.
         model: The base model; loaded from ``model.name`` in ``dtype`` when not given.
         dtype: Weights dtype of a base model loaded here (default float32).
-        base_preds: The base model's answers to the plain prompts, reused for zero-shot.
+        base_preds: The base model's outputs for the plain prompts; with ``base_metrics``, reused as zero-shot.
+        base_metrics: The base model's scores on the plain prompts.
 
     Returns:
         ``{variant: metrics}`` with each variant's task metrics (bootstrap CIs included) plus ``k``,
-        ``prompt_tokens`` (mean prompt length), ``eval_time_s``, and for k-shot ``selection`` and
-        ``shots_used``.
+        ``prompt_tokens`` (mean prompt length), ``eval_time_s``; k-shot adds ``selection`` and ``shots_used``,
+        chain-of-thought ``extract_failed_rate``.
 
     Raises:
-        TunelabError: no prompts to build on (raw-text evaluation), or an unusable pool.
+        TunelabError: a task without prompts and answers (perplexity), or an unusable pool.
     """
     from tunelab.util.io import atomic_write_text
 
     spec = recipe.eval.baselines
     if task not in _TASKS:
-        raise TunelabError(f"prompting baselines score generated answers (tasks {', '.join(_TASKS)}); this run's "
+        raise TunelabError(f"prompting baselines score answers to prompts (tasks {', '.join(_TASKS)}); this run's "
                            f"evaluation task is '{task}'", where="eval.baselines.enabled",
                            fix="set eval.baselines.enabled=false")
     pool = list(pool)[:spec.pool_size] if spec.pool_size else list(pool)
     _check_pool(spec, split, pool)
     examples = list(examples)[:spec.max_samples] if spec.max_samples else list(examples)
-    if model is None:
-        import torch
-
-        from tunelab.models import load_causal_lm
-
-        model = load_causal_lm(recipe.model.name, recipe.model.trust_remote_code, dtype or torch.float32).to(device)
-    ctx = _Context(recipe, model, tokenizer, examples, task, device)
+    base = (base_metrics, base_preds[:len(examples)]) if base_metrics and base_preds is not None and \
+        len(base_preds) >= len(examples) and base_metrics.get("n_examples") == len(examples) else None
+    ctx = _Context(recipe, model if model is not None else _load_base(recipe, device, dtype), tokenizer, examples,
+                   task, device)
     vectors = _embeddings(examples, pool, spec.encoder) if spec.few_shot and spec.selection == "similar" else None
     results, rows = {}, []
     for name in variant_names(spec):
         if name == "zero_shot":
-            metrics, part = _zero_shot(ctx, base_preds)
+            metrics, part = _zero_shot(ctx, base)
         elif name == "cot":
             metrics, part = _cot(ctx)
         else:

@@ -98,7 +98,8 @@ def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=Non
 
         result["baselines"] = run_baselines(run, recipe, examples=examples, tokenizer=tokenizer, task=task,
                                             pool=prepared.splits.get(recipe.eval.baselines.pool, []), split=split,
-                                            device=device, dtype=dtype, base_preds=base_preds)
+                                            device=device, dtype=dtype, base_preds=base_preds,
+                                            base_metrics=base_metrics)
     if recipe.eval.general:  # learning vs forgetting: base and tuned on general-capability sets
         from tunelab.evaluation.forgetting import evaluate_general
 
