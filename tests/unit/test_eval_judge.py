@@ -259,3 +259,12 @@ def test_report_section(tmp_path):
     assert "## LLM judge" in text and "| tuned vs base | 4 | 4 | 50.0% [" in text
     assert "Caution: judged by a weak model." in text and "mean grade (1-5)" in text
     assert "LLM judge" in html.read_text()
+
+
+def test_no_judge_for_perplexity(trained_run, tiny_model_dir, capsys):
+    from tunelab.cli.main import main
+
+    run_dir, _, _ = trained_run
+    assert main(["eval", str(run_dir), "eval.judge.enabled=true", f"eval.judge.judge.model={tiny_model_dir}",
+                 "eval.task=perplexity"]) == 2
+    assert "eval.judge.enabled: a judge reads generated answers" in capsys.readouterr().err

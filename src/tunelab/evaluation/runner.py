@@ -84,6 +84,11 @@ def evaluate_run(run_dir: str | Path, recipe: Recipe | None = None, prepared=Non
     examples, encoded = examples[:n], encoded[:n]
     task = resolve_task(recipe, examples)
     check_task_inputs(examples, recipe.eval, task, split)  # bad input stops here, before the base model loads
+    if judge is not None and task == "perplexity":
+        from tunelab.errors import TunelabError
+
+        raise TunelabError("a judge reads generated answers, but this evaluation scores perplexity (nothing is "
+                           "generated)", where="eval.judge.enabled", fix="set eval.judge.enabled=false")
     base_metrics, base_preds = None, None
     if recipe.eval.compare_base and examples:
         base = load_causal_lm(recipe.model.name, recipe.model.trust_remote_code, dtype).to(device)
