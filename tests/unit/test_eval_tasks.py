@@ -189,3 +189,18 @@ def test_check_task_inputs_accepts_letters_and_choices_key():
     assert choice_row(ex) == (["one", "two", "three"], 1)
     spec = load_recipe(None, ["data.path=x", "eval.task=choice"]).eval
     check_task_inputs([ex], spec, "choice")
+
+
+def test_label_loglik_predictions_are_the_most_likely_label(tiny_model, tokenizer):
+    from tunelab.evaluation.task_scoring import score_task
+
+    rows = [{"prompt": f"Message {i}", "completion": EMOTIONS[i % 3]} for i in range(9)]
+    examples = _examples(rows)
+    spec = load_recipe(None, ["data.path=x.jsonl", "eval.task=label", "eval.label_scoring=loglik",
+                              "eval.bootstrap.n_resamples=20"]).eval
+    metrics, preds = score_task(tiny_model.eval(), tokenizer, examples, spec, "label", "cpu")
+    labels = sorted(EMOTIONS)  # no eval.labels: the distinct references, sorted
+    scores = score_options(tiny_model, tokenizer, [ex.prompt_messages for ex in examples], [labels] * 9, 4, "cpu")
+    assert preds == [labels[int(np.argmax(s))] for s in scores]
+    assert metrics["accuracy"] == pytest.approx(np.mean([p == ex.reference for p, ex in zip(preds, examples, strict=True)]))
+    assert 0.0 <= metrics["roc_auc"] <= 1.0

@@ -25,7 +25,7 @@ from tunelab.evaluation.extract import extract_answer
 from tunelab.evaluation.metrics import _canonical_refs, _normalize_label, compute_task_metrics, infer_task
 from tunelab.evaluation.registry import METRICS, mean_metrics, perplexity_metrics
 
-__all__ = ["check_task_inputs", "choice_row", "resolve_task", "score_task", "task_labels"]
+__all__ = ["check_task_inputs", "choice_metrics", "choice_row", "resolve_task", "score_task", "task_labels"]
 
 _GENERATED = ("json", "label", "text")
 _OPTION_KEYS = ("options", "choices")
@@ -189,15 +189,29 @@ def _choice(model, tokenizer, examples, spec, device: str, label: str) -> tuple[
     rows = [choice_row(ex) for ex in examples]
     scores = score_options(model, tokenizer, [ex.prompt_messages for ex in examples], [o for o, _ in rows],
                            spec.batch_size, device, label=f"options ({label})")
+    return choice_metrics(scores, rows, spec.bootstrap)
+
+
+def choice_metrics(scores: Sequence[Sequence[float]], rows: Sequence[tuple[list[str], int]],
+                   bootstrap: Any = None) -> tuple[dict[str, Any], list[str]]:
+    """Multiple-choice accuracy from option log-likelihoods, as lm-eval's ``acc`` and ``acc_norm``.
+
+    Args:
+        scores: Summed log-likelihood of every option of every row (:func:`score_options`).
+        rows: ``(options, gold index)`` per row (:func:`choice_row`).
+        bootstrap: Bootstrap settings of the intervals.
+
+    Returns:
+        ``(metrics, chosen option per row)``; ``accuracy_norm`` picks by log-likelihood per character.
+    """
     picks = [int(np.argmax(s)) for s in scores]
-    # lm-eval's acc_norm: log-likelihood divided by the option's length in characters.
-    picks_norm = [int(np.argmax(np.asarray(s) / [len(o) for o in opts])) for s, (opts, _) in zip(scores, rows,
-                                                                                               strict=True)]
+    picks_norm = [int(np.argmax(np.asarray(s) / [len(o) for o in opts]))
+                  for s, (opts, _) in zip(scores, rows, strict=True)]
     metrics = mean_metrics({
         "accuracy": [float(p == g) for p, (_, g) in zip(picks, rows, strict=True)],
         "accuracy_norm": [float(p == g) for p, (_, g) in zip(picks_norm, rows, strict=True)],
-    }, spec.bootstrap)
-    metrics.update(main="accuracy", task="choice", n_examples=len(examples))
+    }, bootstrap)
+    metrics.update(main="accuracy", task="choice", n_examples=len(rows))
     return metrics, [opts[p] for p, (opts, _) in zip(picks, rows, strict=True)]
 
 
