@@ -161,3 +161,17 @@ def test_cli(run_dir, tmp_path, capsys):
     assert main(["review", "import", str(run_dir), str(bad)]) == 2
     assert "bad.csv:2: unknown id 'nope'" in capsys.readouterr().err
     assert main(["review", "import", str(run_dir)]) == 2
+
+
+def test_against_a_baseline(run_dir):
+    rows = [{"variant": "5_shot", "where": f"d.jsonl:{i + 1}", "output": f"shot answer {i}"} for i in range(N)]
+    (run_dir / "eval" / "baselines.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(TunelabError, match="no answers of '5_shot'"):   # not part of this evaluation's metrics
+        export_review(run_dir, against="5_shot")
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    (run_dir / "eval" / "metrics.json").write_text(json.dumps({**metrics, "baselines": {"5_shot": {}}}))
+    paths = export_review(run_dir, against="5_shot")
+    key = json.loads(paths["key"].read_text())
+    assert key["systems"] == ["tuned", "5_shot"]
+    row = _sheet(paths)[0]
+    assert {row["answer_a"].split()[0], row["answer_b"].split()[0]} == {"tuned", "shot"}

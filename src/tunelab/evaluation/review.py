@@ -73,8 +73,11 @@ def _system_answers(run: Path, rows: list[dict[str, Any]], systems: Sequence[str
 
     examples = [SimpleNamespace(where=r.get("where")) for r in rows]
     base = [r.get("base") for r in rows]
+    metrics = run / "eval" / "metrics.json"
+    # Only baselines of this evaluation: an older eval/baselines.jsonl may outlive a re-run without them.
+    with_baselines = metrics.is_file() and "baselines" in json.loads(metrics.read_text(encoding="utf-8"))
     outputs = system_outputs(run, examples, base if all(b is not None for b in base) else None,
-                             [r.get("tuned") or "" for r in rows], baselines=True)
+                             [r.get("tuned") or "" for r in rows], baselines=with_baselines)
     missing = [s for s in systems if s not in outputs]
     if missing:
         raise TunelabError(f"no answers of {', '.join(map(repr, missing))} in this run; available: "
