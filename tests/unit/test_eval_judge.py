@@ -121,12 +121,15 @@ def test_pairwise_with_position_swapping():
     assert [r["pairwise"]["base"]["outcome"] for r in rows] == ["win", "win", "loss", "tie"]
     assert (p["win_rate"], p["tie_rate"], p["loss_rate"], p["inconsistent_rate"]) == (0.5, 0.25, 0.25, 0.0)
     assert p["first_position_rate"] == 0.5 and summary["rubric"] and "single" not in summary
+    assert p["balanced"]["win_rate"] == 0.5 and p["balanced"]["mean_margin"] == pytest.approx((1.4 + 1.4 - 1.4) / 4)
 
 
 def test_a_judge_with_position_bias_decides_nothing():
     summary, _ = judge_systems(PROMPTS, REFS, OUTPUTS, _spec(mode="pairwise"), _Judge(always_first=True))
     p = summary["pairwise"]["base"]
     assert p["inconsistent_rate"] == 1.0 and p["n_consistent"] == 0 and p["first_position_rate"] == 1.0
+    assert p["win_rate"] is None and p["win_rate_ci"] is None        # unknown, not 0%
+    assert p["balanced"]["mean_margin"] == pytest.approx(0.0) and p["balanced"]["win_rate"] == 0.0  # bias cancels
 
 
 def test_generate_scoring_and_single_grades():

@@ -5,7 +5,9 @@
   Each pair is judged twice, the tuned answer first and then second. A verdict counts only when both orders
   agree (tuned wins twice, loses twice, or ties twice); a row where the order decided is *inconsistent*.
   Win/tie/loss rates are over the consistent rows, with 95% bootstrap intervals; the inconsistency rate
-  and the share of verdicts that picked the first position show how much position bias there was.
+  and the share of verdicts that picked the first position show how much position bias there was. With
+  ``scoring: probs`` a position-balanced preference is reported too: the judge's probability of the tuned
+  answer minus the other's, summed over both orders, so a constant bonus for one position cancels.
 * **Single** grades every system's answer on the rubric's scale (1-5 or 1-10). With ``scoring: probs`` the
   grade is the expected score under the judge's next-token probabilities of "1".."5" (G-Eval; the same
   `tunelab.data.score.expected_score` that curation uses); with ``scoring: generate`` the first number in
@@ -28,6 +30,7 @@ from tunelab.errors import TunelabError
 
 __all__ = [
     "DEFAULT_RUBRIC_10",
+    "balanced_margins",
     "grade_messages",
     "judge_run",
     "judge_systems",
@@ -37,6 +40,7 @@ __all__ = [
     "parse_grade",
     "parse_verdict",
     "prepare_judge",
+    "summarize_balanced",
     "summarize_grades",
     "summarize_pairwise",
     "system_outputs",
@@ -192,10 +196,38 @@ def summarize_pairwise(outcomes: Sequence[str], first_picks: Sequence[bool]) -> 
     consistent = [o for o in outcomes if o in ("win", "tie", "loss")]
     out: dict[str, Any] = {"n": len(outcomes), "n_consistent": len(consistent)}
     for name in ("win", "tie", "loss"):
-        _rate(out, f"{name}_rate", [float(o == name) for o in consistent])
+        if consistent:
+            _rate(out, f"{name}_rate", [float(o == name) for o in consistent])
+        else:  # no verdict counts: the rates are unknown, not zero
+            out[f"{name}_rate"], out[f"{name}_rate_ci"] = None, None
     _rate(out, "inconsistent_rate", [float(o == "inconsistent") for o in outcomes])
     out["no_verdict"] = sum(o == "no_verdict" for o in outcomes)
     out["first_position_rate"] = round(sum(first_picks) / len(first_picks), 5) if first_picks else None
+    return out
+
+
+def balanced_margins(first: Sequence[dict[str, float]], second: Sequence[dict[str, float]]) -> list[float]:
+    """Per row, the tuned answer's probability minus the other's, summed over both orders.
+
+    Balanced position calibration (Wang et al. 2023, "Large Language Models are not Fair Evaluators"): a
+    judge that always prefers the first answer adds the same bonus to both answers, so the sum cancels it.
+
+    Args:
+        first: the judge's A/B/C probabilities with the tuned answer as A.
+        second: the same with the tuned answer as B.
+    """
+    return [(a.get("A", 0.0) + b.get("B", 0.0)) - (a.get("B", 0.0) + b.get("A", 0.0))
+            for a, b in zip(first, second, strict=True)]
+
+
+def summarize_balanced(margins: Sequence[float]) -> dict[str, Any]:
+    """Share of rows whose position-balanced margin favours the tuned answer, and the mean margin, with CIs."""
+    from tunelab.evaluation.metrics import bootstrap_ci
+
+    out: dict[str, Any] = {"n": len(margins)}
+    _rate(out, "win_rate", [float(m > 0) for m in margins])
+    out["mean_margin"] = round(sum(margins) / len(margins), 5) if margins else None
+    out["mean_margin_ci"] = [round(x, 5) for x in bootstrap_ci(margins)] if margins else None
     return out
 
 
@@ -284,7 +316,10 @@ def _pairwise(generator, spec, rubric, prompts, refs, outputs, other: str, bar, 
     picks = [v == "A" for v, _ in answers if v in ("A", "B")]
     rows = [{"tuned_first": a[0], "tuned_second": b[0], "outcome": o, "raw": [_round_probs(a[1]), _round_probs(b[1])]}
             for a, b, o in zip(first, second, outcomes, strict=True)]
-    return summarize_pairwise(outcomes, picks), rows
+    summary = summarize_pairwise(outcomes, picks)
+    if spec.scoring == "probs":  # probabilities of both orders: a position-balanced preference as well
+        summary["balanced"] = summarize_balanced(balanced_margins([a[1] for a in first], [b[1] for b in second]))
+    return summary, rows
 
 
 def _grades(generator, spec, rubric, prompts, refs, answers, bar, task) -> list[float | None]:

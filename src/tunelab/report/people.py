@@ -130,13 +130,15 @@ def bias_section(bias: Any) -> PeopleSection | None:
 
 def _pairwise_table(pairwise: dict[str, Any]):
     rows = []
+    balanced = any(_dict(p).get("balanced") for p in pairwise.values())
     for other, p in pairwise.items():
         p = _dict(p)
-        rows.append((f"tuned vs {other}", fmt_value(p.get("n")), fmt_value(p.get("n_consistent")),
-                     _with_ci(p, "win_rate", _pct), _with_ci(p, "tie_rate", _pct), _with_ci(p, "loss_rate", _pct),
-                     _with_ci(p, "inconsistent_rate", _pct), _pct(p.get("first_position_rate"))))
+        row = (f"tuned vs {other}", fmt_value(p.get("n")), fmt_value(p.get("n_consistent")),
+               _with_ci(p, "win_rate", _pct), _with_ci(p, "tie_rate", _pct), _with_ci(p, "loss_rate", _pct),
+               _with_ci(p, "inconsistent_rate", _pct), _pct(p.get("first_position_rate")))
+        rows.append(row + ((_with_ci(_dict(p.get("balanced")), "win_rate", _pct),) if balanced else ()))
     header = ("comparison", "rows", "consistent", "tuned wins", "ties", "tuned loses", "inconsistent",
-              "first answer picked")
+              "first answer picked") + (("position-balanced: tuned preferred",) if balanced else ())
     return _table(header, rows)
 
 
@@ -162,6 +164,10 @@ def judge_section(judge: Any) -> PeopleSection | None:
     notes = [f"Judge: {judge.get('judge')} ({judge.get('scoring')}), rubric {judge.get('rubric')}, "
              f"{judge.get('n')} rows. A pairwise verdict counts only when both orders agree; win/tie/loss are "
              "shares of those rows, 'inconsistent' the share of all rows where the order decided."]
+    if any(_dict(p).get("balanced") for p in _dict(judge.get("pairwise")).values()):
+        notes.append("Position-balanced: per row, the judge's probability of the tuned answer minus the other's, "
+                     "summed over both orders (a constant preference for one position cancels; Wang et al. 2023); "
+                     "the share of rows where it favours the tuned answer.")
     if judge.get("note"):
         notes.append(f"Caution: {judge['note']}.")
     blocks = [(h, t) for h, t in blocks if t is not None]
