@@ -173,12 +173,16 @@ def test_rows_without_references_exit_2(tmp_path, tiny_model_dir, tokenizer, cap
     assert "test.txt:1: the row has no reference answer" in out.err + out.out
 
 
-def test_unknown_metric_in_a_recipe_exits_2(tmp_path, capsys):
+@pytest.mark.parametrize(("eval_yaml", "expected"), [
+    ("{metrics: [rouge3]}", ["unknown metric 'rouge3'; valid:", "rougeL", "bleu"]),
+    ("{task: multiple_choice}", ["'eval.task'", "'choice'", "'perplexity'"]),
+])
+def test_unknown_metric_or_task_in_a_recipe_exits_2(tmp_path, capsys, eval_yaml, expected):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("data: {path: x.jsonl}\neval: {metrics: [rouge3]}\n", encoding="utf-8")
+    recipe.write_text(f"data: {{path: x.jsonl}}\neval: {eval_yaml}\n", encoding="utf-8")
     assert main(["validate", str(recipe)]) == 2
     out = capsys.readouterr()
-    assert "unknown metric 'rouge3'; valid:" in out.err + out.out and "rougeL" in out.err + out.out
+    assert all(e in out.err + out.out for e in expected)
 
 
 def test_check_task_inputs_accepts_letters_and_choices_key():
