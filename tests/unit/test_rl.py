@@ -304,3 +304,43 @@ def test_bad_rl_recipes_exit_2(tmp_path, tiny_model_dir, chat_jsonl, capsys):
                               "rl": {"rewards": [{"type": "exact_match", "column": "missing_col"}]}})
     assert main(["train", str(recipe)]) == 2
     assert "needs a reference answer (column 'missing_col')" in capsys.readouterr().err
+
+
+
+def test_batch_not_a_multiple_of_num_generations_exits_2(tmp_path, chat_jsonl, capsys):
+    """3 completions per step cannot hold whole groups of 4: refused when the recipe loads (TRL would raise)."""
+    from tunelab.cli.main import main
+
+    recipe = _yaml(tmp_path, {"data": {"path": str(chat_jsonl)}, "train": {"objective": "grpo", "batch_size": 3},
+                              "rl": {"num_generations": 4, "rewards": [{"type": "json_valid"}]}})
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size, rl.num_generations" in err and "(3 completions per step)" in err
+    assert main(["validate", str(recipe), "train.grad_accum=4"]) == 0  # 12 completions: three groups of 4
+
+
+def test_progress_shows_each_steps_own_loss_never_a_placeholder(tmp_path):
+    """The Trainer calls on_log after on_step_end: the bar must show a logged step's own loss, and nothing
+    (rather than a made-up 0.0) before the first loss is known."""
+    from types import SimpleNamespace
+
+    from tunelab.recipes.rl import RL_KEYS, TrlBridge
+    from tunelab.training.rundir import MetricsLog
+
+    class Bar:
+        def __init__(self):
+            self.calls = []
+
+        def update(self, step, loss, tokens_per_s):
+            self.calls.append((step, loss))
+
+    bar = Bar()
+    bridge = TrlBridge(MetricsLog(tmp_path / "metrics.jsonl"), bar, RL_KEYS)
+    args = SimpleNamespace(logging_steps=2)
+    for step, loss in ((1, None), (2, 0.5), (3, None), (4, 0.25)):
+        state = SimpleNamespace(global_step=step, epoch=step / 4)
+        bridge.on_step_end(args, state, None)
+        if loss is not None:
+            bridge.on_log(args, state, None, logs={"loss": loss, "num_tokens": 10.0 * step})
+        bridge.on_log(args, state, None, logs={"eval_loss": 9.0})  # a validation row moves nothing
+    assert bar.calls == [(2, 0.5), (3, 0.5), (4, 0.25)]

@@ -92,9 +92,16 @@ class TrlBridge(TrainerCallback):
         self.t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kw):
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(state.global_step, self.last_loss if math.isfinite(self.last_loss) else 0.0,
-                             self.tokens / elapsed)
+        # The Trainer calls on_log after on_step_end: a step that is logged advances the bar there, with its own
+        # loss instead of the previous step's.
+        if not (args.logging_steps and state.global_step % args.logging_steps == 0):
+            self._advance(state.global_step)
+
+    def _advance(self, step: int) -> None:
+        """Move the bar to ``step``; before the first logged loss there is no value to show, so it waits."""
+        if math.isfinite(self.last_loss):
+            elapsed = max(time.perf_counter() - self.t0, 1e-9)
+            self.progress.update(step, self.last_loss, self.tokens / elapsed)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}
@@ -116,6 +123,8 @@ class TrlBridge(TrainerCallback):
         self.tokens = int(row.get("tokens", self.tokens))
         self.metrics.log(step=state.global_step, epoch=round(float(state.epoch or 0.0), 4), **row)
         self.rows.append(row)
+        if loss is not None:  # a training row (validation rows carry val_* keys only)
+            self._advance(state.global_step)
 
 
 def trl_common_args(recipe: Recipe, output_dir: Path, device: str, precision: str, total_steps: int,
