@@ -24,14 +24,14 @@ sys.path.insert(0, str(REPO / "src"))
 LRS = [2.5e-4, 5e-4, 1e-3, 2e-3]
 
 
-def _recipe(data: Path, out: Path, steps: int, sweep: dict) -> dict:
+def _recipe(data: Path, out: Path, steps: int, sweep: dict, threads: int | None = None) -> dict:
     return {
         "data": {"path": str(data / "train.txt"), "validation_path": str(data / "val.txt"), "delimiter": ";",
                  "columns": {"prompt": "text", "completion": "label_name"},
                  "prompt_template": "Classify the emotion of this text as one of: sadness, joy, love, anger, fear, "
                                     "surprise.\nText: {prompt}\nEmotion:",
                  "max_length": 96, "limit": 400, "eval_limit": 100, "split": {"test": 0.0}},
-        "model": {"name": "smollm2-135m-instruct"},
+        "model": {"name": "smollm2-135m-instruct", "threads": threads},
         "method": {"name": "lora", "lora": {"r": 8, "alpha": 16}},
         "train": {"max_steps": steps, "batch_size": 8, "lr": 1e-3, "eval_every": max(1, steps // 5),
                   "log_every": max(1, steps // 5)},
@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "emotion"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--tpe-trials", type=int, default=8)
+    ap.add_argument("--threads", type=int, help="torch threads per trial (1 on a machine shared with other jobs)")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "train.txt").is_file():
@@ -70,9 +71,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tunelab-sweep-bench-") as tmp:
         out = Path(tmp)
         grid = _run(_recipe(data, out, args.steps, {"strategy": "grid", "pruner": "none", "trials": None,
-                                                    "space": space}), "grid")
+                                                    "space": space}, args.threads), "grid")
         tpe = _run(_recipe(data, out, args.steps, {"strategy": "tpe", "pruner": "asha", "trials": args.tpe_trials,
-                                                   "min_resource": 1, "seed": 0, "space": space}), "tpe_asha")
+                                                   "min_resource": 1, "seed": 0, "space": space}, args.threads),
+                   "tpe_asha")
     gap = (tpe["best"] - grid["best"]) / grid["best"]
     share = tpe["tokens"] / grid["tokens"]
     print(f"\n{'':24}{'grid':>14}{'TPE + ASHA':>14}")

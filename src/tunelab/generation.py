@@ -113,9 +113,14 @@ def _first_token(tokenizer, choice: str) -> int:
 
 
 def _load_local(name: str):
-    from tunelab.models import is_run_dir, load_causal_lm, load_run_model, load_tokenizer, resolve_device
-
-    from tunelab.models import resolve_precision
+    from tunelab.models import (
+        is_run_dir,
+        load_causal_lm,
+        load_run_model,
+        load_tokenizer,
+        resolve_device,
+        resolve_precision,
+    )
 
     device = resolve_device("auto")
     # Decode is memory-bound: bf16 weights halve the bytes per token where bf16 is native (GPU, AVX512-BF16/AMX).
