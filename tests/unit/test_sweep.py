@@ -139,3 +139,31 @@ def test_inverted_range_and_bad_storage_are_clear_errors(tmp_path, chat_jsonl, t
     validate_sweep(recipe)
     with pytest.raises(TunelabError, match="cannot open the study storage"):
         run_sweep(recipe, "st")
+
+
+def test_a_signal_inside_a_trial_stops_the_study_and_resumes_later(tmp_path, chat_jsonl, tiny_model_dir,
+                                                                   monkeypatch):
+    import signal
+
+    from tunelab import pipeline
+    from tunelab.recipes.sft import TrainingInterrupted
+
+    doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
+        "strategy": "grid", "pruner": "none", "trials": None,
+        "space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2, 3e-2]}}}, max_steps=2)
+    recipe = load_recipe(_write(tmp_path, doc))
+    real_train, calls = pipeline.train, []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # Ctrl+C / SIGTERM during the first trial: not a failed trial, the end of the study
+            raise TrainingInterrupted(signal.SIGTERM, None)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", interrupted_once)
+    with pytest.raises(TrainingInterrupted):
+        run_sweep(recipe, "s")
+    assert len(calls) == 1  # no further trial started after the signal
+    folder = run_sweep(recipe, "s")  # running it again resumes the study
+    rows = _leaderboard(folder)
+    assert len(calls) == 4 and sum(r["state"] == "complete" for r in rows) == 3

@@ -128,6 +128,7 @@ class _Objective:
         self.sweep = recipe.sweep
         self.key = self.sweep.metric if self.sweep.metric in _LOSS_METRICS else f"val_{self.sweep.metric}"
         self.sweep_name = folder.name
+        self.interrupted: Exception | None = None  # SIGINT/SIGTERM inside a trial: stop the whole study
 
     def __call__(self, trial) -> float:
         import optuna
@@ -157,6 +158,11 @@ class _Objective:
             self._record_tokens(trial)
             raise
         except Exception as e:
+            if getattr(e, "signum", None) is not None:  # TrainingInterrupted: the user stops the study, not a bad trial
+                self.interrupted = e
+                trial.set_user_attr("interrupted", True)  # not counted as finished; its config runs again on resume
+                trial.study.enqueue_trial(dict(trial.params))
+                trial.study.stop()
             trial.set_user_attr("error", str(e)[:500])
             self._record_tokens(trial)
             raise
@@ -189,7 +195,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _finished(study) -> list:
-    return [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state.name in FINISHED and not t.user_attrs.get("interrupted")]
 
 
 def _budget_callback(sweep: SweepSpec, t_start: float):
@@ -239,8 +246,11 @@ def optimize(recipe: Recipe, recipe_name: str, n_trials: int | None = None) -> A
     if remaining == 0:
         return study
     budget = _budget_callback(sweep.model_copy(update={"trials": target}), time.monotonic())
-    study.optimize(_Objective(recipe, folder), n_trials=remaining, timeout=sweep.max_time_s,
+    objective = _Objective(recipe, folder)
+    study.optimize(objective, n_trials=remaining, timeout=sweep.max_time_s,
                    catch=(Exception,), callbacks=[budget], gc_after_trial=True)
+    if objective.interrupted is not None:  # the CLI exits 128 + signal; `tunelab sweep` again resumes the study
+        raise objective.interrupted
     return study
 
 
