@@ -184,3 +184,16 @@ def test_context_values_get_no_delta_and_no_bar():
     assert rows["eval_time_s"] == ("eval_time_s", "0.4", "0.6", "—")
     assert rows["n_examples"][-1] == "—"
     assert rows["accuracy"][-1] == "+40.0 points"
+
+
+def test_online_rl_runs_get_a_reward_plot_and_raw_reward_statistics(tmp_path):
+    history = [{"step": s, "loss": 0.001, "reward_mean": 0.5 + 0.05 * s, "kl": 0.01 * s} for s in range(1, 11)]
+    html, md = write_report(tmp_path, {"title": "grpo", "train_history": history})
+    assert (tmp_path / "plots" / "reward.png").is_file()
+    assert "plots/reward.png" in md.read_text() and "mean reward per step" in html.read_text()
+    html2, md2 = write_report(tmp_path / "sft", {"title": "sft", "train_history": [{"step": 1, "loss": 1.0}]})
+    assert not (tmp_path / "sft" / "plots" / "reward.png").exists()
+    # reward-model statistics that happen to lie in [0, 1] are not percentages
+    for name in ("p_value_vs_chance", "reward_chosen", "reward_rejected", "reward_margin"):
+        assert not is_fraction_metric(name, 0.58)
+    assert is_fraction_metric("reward_accuracy", 0.45)

@@ -20,7 +20,8 @@ __all__ = [
 
 MISSING = "—"
 # Metrics that are not fractions in [0, 1] even when their value happens to fall there.
-_RAW_MARKERS = ("loss", "perplexity", "nll", "n_examples", "tokens", "count")
+_RAW_MARKERS = ("loss", "perplexity", "nll", "n_examples", "tokens", "count", "p_value", "reward_chosen",
+                "reward_rejected", "margin", "reward_mean", "kl")
 _LOWER_BETTER_MARKERS = ("loss", "perplexity", "nll", "invalid_rate")
 # Counts, timings and sizes describe the run; they are never scores, and their change is no result.
 _CONTEXT_PREFIXES = ("n_",)

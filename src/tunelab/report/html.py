@@ -78,6 +78,7 @@ def _data(c: ReportContent) -> str:
 def _training(c: ReportContent, images: dict[str, bytes]) -> str:
     caption = f"<figcaption>{_e(c.loss_caption)}</figcaption>" if c.loss_caption else ""
     body = _img(images.get("loss"), "training and validation loss by step") + caption
+    body += _img(images.get("reward"), "online RL: mean reward per step and KL to the reference")
     return _section("Training", body, empty="No training history was recorded.")
 
 

@@ -67,6 +67,7 @@ def _data(c: ReportContent) -> list[str]:
 def _training(c: ReportContent, images: Collection[str]) -> list[str]:
     body = ["![Training and validation loss by step](plots/loss.png)", ""] if "loss" in images else []
     body += [_inline(c.loss_caption), ""] if c.loss_caption else []
+    body += ["![Mean reward per step and KL to the reference](plots/reward.png)", ""] if "reward" in images else []
     return ["## Training", "", *(body or ["_No training history was recorded._", ""])]
 
 

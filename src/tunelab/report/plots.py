@@ -92,6 +92,25 @@ def loss_png(train_history: Any, eval_history: Any) -> bytes | None:
     return _png(fig)
 
 
+def reward_png(train_history: Any) -> bytes | None:
+    """Online RL (GRPO/RLOO): mean reward of each step's completions, and KL to the reference; None without."""
+    steps, reward = _series(train_history, "reward_mean")
+    if not reward:
+        return None
+    fig = Figure(figsize=(8, 3.8))
+    ax = fig.add_subplot()
+    _plot_train(ax, steps, reward)
+    k_steps, kl = _series(train_history, "kl")
+    if kl:
+        ax2 = ax.twinx()
+        ax2.plot(k_steps, kl, color=_VAL_COLOR, linewidth=1.2, linestyle="--", label="KL to reference")
+        ax2.set_ylabel("KL (nats)")
+        ax2.legend(frameon=False, loc="lower right")
+    _style(ax, "Reward", "step", "mean reward of the step's completions")
+    ax.legend(frameon=False, loc="upper left")
+    return _png(fig)
+
+
 def _fraction_metrics(base: dict[str, Any], tuned: dict[str, Any]) -> list[str]:
     names = [tuned.get("main")] + [k for k in tuned if k != tuned.get("main")]
     return [
@@ -246,6 +265,7 @@ def write_plots(data: dict[str, Any], plots_dir: Path) -> dict[str, bytes]:
     metrics = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
     pngs = {
         "loss": loss_png(data.get("train_history"), data.get("eval_history")),
+        "reward": reward_png(data.get("train_history")),
         "metrics": metrics_png(metrics.get("base"), metrics.get("tuned")),
         **_comparison_plots(data, metrics),
     }
