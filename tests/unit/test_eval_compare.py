@@ -115,6 +115,8 @@ def test_tables_for_the_report():
     table = variants_table(ev)
     assert table.header[:2] == ("variant", "accuracy [95% CI]") and "run" not in table.header
     assert table.rows[-1][0] == "fine-tuned" and table.rows[-1][1].startswith("90.0% [")
+    # The fine-tune answers the plain prompt: the zero-shot prompt's length is its per-query cost too.
+    assert table.rows[-1][table.header.index("prompt tokens")] == "40"
     assert general_table(ev).rows == [("wiki", "20", "20.62", "+3.10%", "900", "10")]
     assert gate_table(ev["gate"]).rows == [("tuned.accuracy >= 0.8", "tuned.accuracy", "0.9", ">= 0.8", "FAIL")]
     assert variants_table({"tuned": ev["tuned"]}) is None and general_table({}) is None and gate_table(None) is None
@@ -140,3 +142,15 @@ def test_compare_help_shows_an_example(capsys):
     with pytest.raises(SystemExit) as e:
         main(["compare", "--help"])
     assert e.value.code == 0 and "tunelab compare runs/" in capsys.readouterr().out
+
+
+def test_the_gate_bound_on_forgetting_is_drawn():
+    from tunelab.report.plots import _perplexity_limit, tradeoff_png
+
+    gate = {"rules": [{"metric": "general.worst.perplexity", "op": "<=", "threshold": 0.05},
+                      {"metric": "general.change.wiki.perplexity", "op": "<", "threshold": 0.03},
+                      {"metric": "general.change.wiki.nll", "op": "<=", "threshold": 0.01},
+                      {"metric": "tuned.accuracy", "op": "<=", "threshold": 0.001}]}
+    assert _perplexity_limit(gate) == 0.03 and _perplexity_limit(None) is None
+    points = [{"label": "", "set": "wiki", "x": 0.2, "y": 0.5}]
+    assert tradeoff_png(points, "accuracy", 0.03) != tradeoff_png(points, "accuracy")

@@ -108,6 +108,11 @@ def comparison_rows(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, A
     return out, names
 
 
+def _plain_prompt_tokens(ev: dict[str, Any]) -> float | None:
+    # Base and tuned answer the plain evaluation prompt: the zero-shot baseline measured its length.
+    return ((ev.get("baselines") or {}).get("zero_shot") or {}).get("prompt_tokens")
+
+
 def _flat_row(rec: dict[str, Any], ev: dict[str, Any], v: dict[str, Any], main: str | None) -> dict[str, Any]:
     m = v["metrics"]
     ci = _ci(m, main) if main else None
@@ -116,7 +121,8 @@ def _flat_row(rec: dict[str, Any], ev: dict[str, Any], v: dict[str, Any], main: 
     gate = ev.get("gate")
     row = {"run": rec["name"], "path": rec["path"], "variant": v["variant"], "kind": v["kind"], "metric": main,
            "value": m.get(main) if main else None, "ci_lo": ci[0] if ci else None, "ci_hi": ci[1] if ci else None,
-           "prompt_tokens": m.get("prompt_tokens"), "n_examples": m.get("n_examples"),
+           "prompt_tokens": m.get("prompt_tokens", _plain_prompt_tokens(ev) if v["kind"] != "baseline" else None),
+           "n_examples": m.get("n_examples"),
            "train_time_s": rec.get("train_time_s") if tuned else None,
            "general_worst_ppl_change": worst if tuned else None,
            "gate": ("passed" if gate["passed"] else "blocked") if tuned and gate else None}

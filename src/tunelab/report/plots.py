@@ -209,13 +209,14 @@ def variants_png(points: Any, metric: str) -> bytes | None:
     return _png(fig)
 
 
-def tradeoff_png(points: Any, metric: str) -> bytes | None:
+def tradeoff_png(points: Any, metric: str, limit: float | None = None) -> bytes | None:
     """Task gain against general-capability loss: one point per (run,) general set.
 
     Args:
         points: ``[{"label", "x": relative perplexity change of a general set, "y": task gain (tuned -
             base of the headline metric), "set"}, ...]``.
         metric: The headline metric (fractions: the gain is drawn in points).
+        limit: The gate's bound on the perplexity change (relative), drawn as a dashed line.
 
     Returns:
         PNG bytes, or None with no point that has both numbers.
@@ -234,6 +235,10 @@ def tradeoff_png(points: Any, metric: str) -> bytes | None:
         label = " · ".join(str(v) for v in (p.get("label"), p.get("set")) if v)
         ax.annotate(label, (100 * p["x"], scale * p["y"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     xs, ys = [100 * p["x"] for p in pts], [scale * p["y"] for p in pts]
+    if _finite(limit):
+        ax.axvline(100 * limit, color="#b91c1c", linestyle="--", linewidth=1.2, label=f"gate: ≤ {100 * limit:.3g}%")
+        ax.legend(frameon=False, loc="lower right", fontsize=8)
+        xs.append(100 * limit)
     ax.set_xlim(min(-1.0, *xs) * 1.25, max(1.0, *xs) * 1.25)
     ax.set_ylim(min(0.0, *ys) * 1.25 - 1, max(1.0, *ys) * 1.25)
     unit = " (points)" if scale == 100.0 else ""
@@ -290,8 +295,17 @@ def _comparison_plots(data: dict[str, Any], metrics: dict[str, Any]) -> dict[str
     if isinstance(ev["general"], dict) and ev["general"] and main:
         trade = [{"label": "", "set": t["set"], "x": t["perplexity_change"], "y": t["task_gain"]}
                  for t in tradeoff_rows(ev)]
-        out["tradeoff"] = tradeoff_png(trade, main)
+        out["tradeoff"] = tradeoff_png(trade, main, _perplexity_limit(data.get("gate")))
     return out
+
+
+def _perplexity_limit(gate: Any) -> float | None:
+    """The tightest upper bound a gate puts on general perplexity changes, if it has one."""
+    rules = gate.get("rules") if isinstance(gate, dict) else None
+    bounds = [r["threshold"] for r in rules or [] if isinstance(r, dict) and r.get("op") in ("<=", "<")
+              and str(r.get("metric", "")).startswith("general.") and str(r["metric"]).endswith(".perplexity")
+              and str(r["metric"]).split(".")[1] in ("worst", "change") and _finite(r.get("threshold"))]
+    return min(bounds) if bounds else None
 
 
 def write_pngs(pngs: dict[str, bytes], plots_dir: Path) -> None:
