@@ -483,14 +483,41 @@ class IA3Spec(_Spec):
     )
 
 
-MethodName = Literal["full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3"]
+class BottleneckSpec(_Spec):
+    reduction_factor: float | None = Field(
+        None, ge=1.0, description="Bottleneck width = hidden size / this factor, rounded down (null: 16 unless "
+        "size is set; SmolLM2-135M: 576 / 16 = 36)."
+    )
+    size: int | None = Field(None, ge=1, description="Bottleneck width r (d -> r -> d); set this or reduction_factor.")
+    placement: Literal["pfeiffer", "houlsby"] = Field(
+        "pfeiffer", description="'pfeiffer': one adapter after each block's MLP output; 'houlsby': one after the "
+        "attention output and one after the MLP output (twice the parameters)."
+    )
+    activation: Literal["relu", "gelu", "swish"] = Field("relu", description="Non-linearity between down and up.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the bottleneck activations (training only).")
+    layers: list[int] | None = Field(
+        None, description="Indices of the decoder blocks that get adapters (0 = first; negative counts from the "
+        "end); null: every block."
+    )
+
+    @model_validator(mode="after")
+    def _one_width(self) -> BottleneckSpec:
+        if self.size is not None and self.reduction_factor is not None:
+            raise ValueError("set either size or reduction_factor, not both")
+        if self.layers is not None and (not self.layers or len(set(self.layers)) != len(self.layers)):
+            raise ValueError("layers must list distinct block indices (or be null for every block)")
+        return self
+
+
+MethodName = Literal["full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3", "bottleneck"]
 
 
 class MethodSpec(_Spec):
     name: MethodName = Field(
         "lora", description="Fine-tuning method: 'full' (all weights), 'freeze' (top blocks and/or head), 'lora' "
         "(incl. rsLoRA, DoRA, PiSSA, LoRA+), 'qlora' (LoRA on a 4-bit base, CUDA only), 'prefix', 'prompt', "
-        "'ptuning' (prompt learning), 'ia3'. Only the section of the chosen method is read."
+        "'ptuning' (prompt learning), 'ia3', 'bottleneck' (Houlsby/Pfeiffer adapters, tunelab's own). Only the "
+        "section of the chosen method is read."
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (name 'lora' or 'qlora').")
     qlora: QLoraSpec = Field(default_factory=QLoraSpec, description="4-bit base settings (name 'qlora').")
@@ -499,6 +526,8 @@ class MethodSpec(_Spec):
     prompt: PromptSpec = Field(default_factory=PromptSpec, description="Prompt tuning (name 'prompt').")
     ptuning: PtuningSpec = Field(default_factory=PtuningSpec, description="P-tuning (name 'ptuning').")
     ia3: IA3Spec = Field(default_factory=IA3Spec, description="IA3 (name 'ia3').")
+    bottleneck: BottleneckSpec = Field(default_factory=BottleneckSpec,
+                                       description="Bottleneck adapters (name 'bottleneck').")
 
 
 class TrainSpec(_Spec):
@@ -565,6 +594,25 @@ class TrainSpec(_Spec):
     curriculum: Literal["none", "length", "score"] = Field(
         "none", description="Order of the first epoch: 'length' shortest rows first, 'score' lowest "
         "data.score_column first (easy to hard, in consecutive batches); later epochs are shuffled as usual."
+    )
+    sharding: Literal["none", "fsdp"] = Field(
+        "none", description="How a data-parallel run (--nproc N > 1) holds the model: 'none' every process keeps "
+        "all weights, gradients and optimizer state (one gradient all-reduce per step); 'fsdp' shards them over "
+        "the processes with PyTorch FSDP2 (one unit per decoder layer plus the rest), so each holds 1/N of them "
+        "and all-gathers a layer only while it runs. Same update either way. sft/pretrain with full, freeze, "
+        "lora or ia3 (docs/training.md). No effect with one process."
+    )
+    fsdp_reshard_after_forward: bool = Field(
+        True, description="train.sharding=fsdp: free each layer's gathered weights after its forward and gather "
+        "them again for backward (least memory); false keeps them until backward (less communication)."
+    )
+    fsdp_mixed_precision: bool = Field(
+        False, description="train.sharding=fsdp: all-gather and compute with bf16 copies of the weights, reduce "
+        "gradients in fp32 into the fp32 shards (FSDP2 MixedPrecisionPolicy; half the all-gather traffic)."
+    )
+    fsdp_offload_params: bool = Field(
+        False, description="train.sharding=fsdp on CUDA: keep parameter, gradient and optimizer shards in CPU "
+        "memory and run the optimizer step there (FSDP2 CPUOffloadPolicy; far less GPU memory, slower)."
     )
 
 

@@ -1,17 +1,19 @@
 """Fine-tuning methods as one model transform: `apply_method(model, MethodSpec)`.
 
 Methods: full, freeze (top-k blocks / head / embeddings / final norm), lora (rsLoRA, DoRA, PiSSA/OLoRA
-inits, LoRA+ learning rates), qlora (LoRA on a 4-bit base, CUDA only), prefix, prompt, ptuning, ia3.
+inits, LoRA+ learning rates), qlora (LoRA on a 4-bit base, CUDA only), prefix, prompt, ptuning, ia3,
+bottleneck (Houlsby/Pfeiffer adapters).
 Every recipe calls the same few functions, so every objective accepts every method:
 
 - `preflight(recipe)`: conflicts caught before data or weights are loaded;
 - `load_base_model(model_spec, method_spec, precision)`: the base in the dtype (or 4 bits) the method wants;
 - `apply_method(model, spec)`: trainable flags set, adapters attached;
 - `optimizer_param_groups(model, spec, lr, weight_decay)`: AdamW groups (LoRA+ ratios);
-- `artifact_dir(spec)` / `saves_full_weights(spec)`: `model/` (full weights) or `adapter/` (PEFT).
+- `artifact_dir(spec)` / `saves_full_weights(spec)`: `model/` (full weights) or `adapter/` (PEFT, or
+  tunelab's bottleneck format).
 
-Bottleneck (Houlsby/Pfeiffer) adapters are not offered: PEFT 0.21 has none, and the maintained `adapters`
-library requires transformers 4.x.
+Bottleneck adapters are tunelab's own (`tunelab.methods.bottleneck`): PEFT 0.21 has none, and the
+maintained `adapters` library requires transformers 4.x. They load back only through tunelab and never merge.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from tunelab.config.specs import MethodSpec, ModelSpec, Recipe
 from tunelab.errors import TunelabError
+from tunelab.methods.bottleneck import apply_bottleneck
 from tunelab.methods.freeze import apply_freeze, apply_full
 from tunelab.methods.optim_groups import optimizer_param_groups
 from tunelab.methods.params import ParamCounts, count_parameters, estimate_training_memory_mb
@@ -43,13 +46,14 @@ __all__ = [
     "saves_full_weights",
 ]
 
-METHODS = ("full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3")
-# Methods whose trained state folds into the base weights (prompt learning adds inputs, not weights).
+METHODS = ("full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3", "bottleneck")
+# Methods whose trained state folds into the base weights (prompt learning adds inputs, not weights; a
+# bottleneck adapter is non-linear).
 MERGEABLE = ("lora", "qlora", "ia3")
 
 
 def saves_full_weights(spec: MethodSpec) -> bool:
-    """True when the run saves a whole model (`model/`), False when it saves a PEFT adapter (`adapter/`)."""
+    """True when the run saves a whole model (`model/`), False when it saves an adapter (`adapter/`)."""
     return spec.name in ("full", "freeze")
 
 
@@ -122,6 +126,8 @@ def apply_method(model: torch.nn.Module, spec: MethodSpec, task_type: str = "CAU
         out = apply_full(model)
     elif spec.name == "freeze":
         out = apply_freeze(model, spec.freeze)
+    elif spec.name == "bottleneck":
+        out = apply_bottleneck(model, spec.bottleneck, task_type)
     elif spec.name == "qlora":
         if not is_4bit(model):
             check_qlora_possible("auto")
@@ -139,9 +145,11 @@ def preflight(recipe: Recipe) -> None:
     """Catch method conflicts before data or weights are loaded; TunelabError naming the keys.
 
     Checks: qlora without CUDA; prompt learning with packed batches (virtual tokens are per row, a packed
-    row holds many documents); target modules and freeze depth against the model's architecture (built
-    on the meta device from its config: no weights read).
+    row holds many documents); target modules, freeze depth and bottleneck blocks against the model's
+    architecture (built on the meta device from its config: no weights read); bottleneck with an objective
+    whose recipe cannot use it.
     """
+    from tunelab.methods.bottleneck import check_on_skeleton as check_bottleneck_on_skeleton
     from tunelab.methods.skeleton import check_on_skeleton
 
     m = recipe.method
@@ -151,4 +159,6 @@ def preflight(recipe: Recipe) -> None:
         raise TunelabError(f"method '{m.name}' adds virtual tokens to each row, which packed batches cannot hold",
                            where="method.name, train.batching",
                            fix="use train.batching=length_grouped, or method.name=lora")
+    if m.name == "bottleneck":
+        check_bottleneck_on_skeleton(recipe)
     check_on_skeleton(recipe)

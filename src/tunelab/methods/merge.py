@@ -54,6 +54,12 @@ def _check_mergeable(run: Path) -> str:
             fix="use the run folder itself (`tunelab chat RUN_DIR` loads the adapter onto the base), "
             "or train with lora or ia3",
         )
+    if method == "bottleneck":
+        raise TunelabError(
+            "method 'bottleneck' cannot be merged: up(act(down(x))) is not linear, so no change to the base "
+            "weights reproduces it", where=f"{run / 'config.yaml'}: method.name",
+            fix="use the run folder itself (`tunelab eval`/`tunelab chat RUN_DIR` attach the adapter to the "
+            "base), or train with lora or ia3")
     return method
 
 

@@ -71,10 +71,11 @@ def is_run_dir(path) -> bool:
 
 
 def load_run_model(run_dir, dtype: torch.dtype = torch.float32, merge: bool = True):
-    """The fine-tuned model of a run folder: full weights (`model/`) or base + PEFT adapter (`adapter/`).
+    """The fine-tuned model of a run folder: full weights (`model/`) or base + adapter (`adapter/`).
 
     With merge=True a LoRA/IA3 adapter is folded into the base weights (faster generation, same outputs);
-    prompt-learning adapters always stay a PEFT model.
+    prompt-learning adapters always stay a PEFT model, and a bottleneck adapter (tunelab's own format,
+    non-linear, so never merged) comes back as a `BottleneckModel` around the base.
     Returns (model, tokenizer).
     """
     from pathlib import Path
@@ -94,7 +95,11 @@ def load_run_model(run_dir, dtype: torch.dtype = torch.float32, merge: bool = Tr
         return load_causal_lm(str(weights), recipe.model.trust_remote_code, dtype), tok
     from peft import PeftModel
 
+    from tunelab.methods.bottleneck import is_bottleneck_dir, load_bottleneck
+
     base = load_causal_lm(recipe.model.name, recipe.model.trust_remote_code, dtype)
+    if is_bottleneck_dir(run / "adapter"):
+        return load_bottleneck(base, run / "adapter"), tok
     model = PeftModel.from_pretrained(base, run / "adapter")
     # Prefix/prompt/P-tuning add virtual tokens, not weights: there is nothing to merge, the PEFT model runs.
     if merge and not model.active_peft_config.is_prompt_learning:

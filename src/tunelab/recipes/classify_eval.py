@@ -111,8 +111,13 @@ def load_classifier_run(run_dir: str | Path, dtype: torch.dtype = torch.float32)
     else:
         from peft import PeftModel
 
+        from tunelab.methods.bottleneck import is_bottleneck_dir, load_bottleneck
+
         base = load_classifier(recipe.model.name, labels, tok.pad_token_id, dtype, recipe.model.trust_remote_code)
-        model = PeftModel.from_pretrained(base, run / "adapter")
+        if is_bottleneck_dir(run / "adapter"):  # tunelab's own format: adapters and the trained head
+            model = load_bottleneck(base, run / "adapter")
+        else:
+            model = PeftModel.from_pretrained(base, run / "adapter")
     model.eval()
     return model, tok, labels
 

@@ -114,9 +114,29 @@ def resolve_dtype(spec: ServeSpec, device: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
+def _refuse_bottleneck(adapters: list[ServedModel]) -> None:
+    """Bottleneck adapters hook into the base's blocks and cannot be switched per batch like PEFT adapters."""
+    from tunelab.errors import TunelabError
+    from tunelab.methods.bottleneck import is_bottleneck_dir
+
+    for a in adapters:
+        if a.adapter_dir is not None and is_bottleneck_dir(a.adapter_dir):
+            raise TunelabError(f"adapter '{a.id}' uses method 'bottleneck', which the serving engine cannot serve "
+                               "(its adapters hook into the base's blocks and cannot be switched per request)",
+                               where=f"--adapter {a.id}={a.adapter_dir.parent}",
+                               fix=f"use `tunelab chat {a.adapter_dir.parent}` or `tunelab eval`, or train a "
+                               "LoRA-family adapter (servable, and mergeable with `tunelab merge`)")
+
+
 def load_modules(catalog: ModelCatalog, dtype: torch.dtype, device: str) -> dict[str, _Loaded]:
-    """Load each distinct set of weights once and stack the adapters on it. Keys are `ServedModel.weights`."""
+    """Load each distinct set of weights once and stack the adapters on it. Keys are `ServedModel.weights`.
+
+    Raises:
+        TunelabError: a bottleneck adapter (tunelab's own format), which is not served.
+    """
     from tunelab.models import load_causal_lm
+
+    _refuse_bottleneck([a for a in catalog.models.values() if a.adapter_dir is not None])
 
     loaded: dict[str, _Loaded] = {}
     for m in catalog.models.values():

@@ -1,0 +1,279 @@
+"""Bottleneck adapters (method.name=bottleneck) on the tiny model: identity at the start, only the adapters
+train, the saved adapter reloads to the same logits through tunelab, merge/serve/unsupported objectives are
+refused naming the keys, and the normal `tunelab train` / classify paths work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.cli.main import main
+from tunelab.config import load_recipe
+from tunelab.config.loading import dump_recipe
+from tunelab.errors import TunelabError
+from tunelab.methods import MERGEABLE, METHODS, apply_method, count_parameters, preflight
+from tunelab.methods.bottleneck import CONFIG_NAME, WEIGHTS_NAME, BottleneckModel, bottleneck_width
+from tunelab.models import load_causal_lm, load_run_model
+from tunelab.training.batching import collate
+from tunelab.training.loss import supervised_nll
+
+FAST = ["model.precision=fp32", "model.threads=1", "output.tracking=[]"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The tiny model's ops take microseconds; thread hand-offs on a shared 2-core box dominate otherwise.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _recipe(model_dir, *extra):
+    return load_recipe(None, ["data.path=x", f"model.name={model_dir}", "method.name=bottleneck", *extra])
+
+
+def _batch(tokenizer):
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n in (7, 12, 5, 9):
+        ids = torch.randint(10, 500, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (n // 2) + ids[n // 2:]})
+    return collate(rows, "length_grouped", tokenizer.pad_token_id, 0)
+
+
+@torch.no_grad()
+def _logits(model, batch) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def _train(model, batch, lr: float = 1e-2, steps: int = 6) -> list[float]:
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, n = supervised_nll(model, batch)
+        (loss / n).backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()) / n)
+    model.eval()
+    return losses
+
+
+def _error(fn) -> TunelabError:
+    with pytest.raises(TunelabError) as e:
+        fn()
+    return e.value
+
+
+@pytest.mark.parametrize("placement", ["pfeiffer", "houlsby"])
+def test_starts_exactly_as_the_base_model(placement, tiny_model_dir, tokenizer):
+    batch = _batch(tokenizer)
+    expected = _logits(load_causal_lm(str(tiny_model_dir)), batch)
+    spec = _recipe(tiny_model_dir, f"method.bottleneck.placement={placement}").method
+    model = apply_method(load_causal_lm(str(tiny_model_dir)), spec)
+    assert isinstance(model, BottleneckModel)
+    assert torch.equal(_logits(model, batch), expected)  # up = 0: not approximately, exactly
+    per_block = 2 if placement == "houlsby" else 1
+    assert len(model.bottleneck) == 2 * per_block  # 2 blocks in the tiny model
+    # hidden 64 / reduction factor 16 = width 4: down (64x4 + 4) and up (4x64 + 64) per adapter
+    assert bottleneck_width(64, spec.bottleneck) == 4
+    assert count_parameters(model).trainable == 2 * per_block * (64 * 4 + 4 + 4 * 64 + 64)
+
+
+def test_only_the_adapters_train_and_the_loss_falls(tiny_model_dir, tokenizer):
+    model = apply_method(load_causal_lm(str(tiny_model_dir)), _recipe(tiny_model_dir, "method.bottleneck.size=8",
+                                                                       "method.bottleneck.activation=gelu").method)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("bottleneck.") for n in trainable)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = _train(model, _batch(tokenizer))
+    assert losses[-1] < losses[0]
+    for n, p in model.named_parameters():
+        if n in trainable:
+            assert not torch.equal(p, before[n]), f"{n} did not change"
+        else:
+            assert torch.equal(p, before[n]), f"frozen {n} changed"
+    counts = count_parameters(model)
+    assert counts.trainable == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+    assert counts.total == counts.trainable + sum(p.numel() for p in load_causal_lm(str(tiny_model_dir)).parameters())
+
+
+def test_layers_pick_the_blocks_negative_from_the_end(tiny_model_dir):
+    model = apply_method(load_causal_lm(str(tiny_model_dir)),
+                         _recipe(tiny_model_dir, "method.bottleneck.layers=[-1]",
+                                 "method.bottleneck.placement=houlsby").method)
+    assert set(model.bottleneck) == {"layer1_attn", "layer1_mlp"}
+    assert model.bottleneck_config["layers"] == [1]
+
+
+def _trained_run(tiny_model_dir, tokenizer, tmp_path, *extra):
+    recipe = _recipe(tiny_model_dir, "method.bottleneck.placement=houlsby", "method.bottleneck.dropout=0.1", *extra)
+    model = apply_method(load_causal_lm(str(tiny_model_dir)), recipe.method)
+    batch = _batch(tokenizer)
+    _train(model, batch, steps=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+    tokenizer.save_pretrained(run / "tokenizer")
+    model.save_pretrained(run / "adapter", safe_serialization=True)
+    return model, run, batch
+
+
+def test_saved_adapter_holds_only_adapter_tensors_and_reloads_exactly(tiny_model_dir, tokenizer, tmp_path):
+    model, run, batch = _trained_run(tiny_model_dir, tokenizer, tmp_path)
+    assert {p.name for p in (run / "adapter").iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
+    tensors = load_file(run / "adapter" / WEIGHTS_NAME)
+    assert set(tensors) == {f"bottleneck.{n}" for n in model.bottleneck.state_dict()}
+    config = json.loads((run / "adapter" / CONFIG_NAME).read_text())
+    assert config["placement"] == "houlsby" and config["size"] == 4 and config["layers"] == [0, 1]
+    reloaded, _ = load_run_model(run)  # what `tunelab eval` and `tunelab chat` use; merge=True cannot apply
+    assert isinstance(reloaded, BottleneckModel) and not reloaded.training
+    assert torch.equal(_logits(reloaded, batch), _logits(model, batch))  # dropout off in eval: exact
+    assert not torch.equal(_logits(reloaded, batch), _logits(load_causal_lm(str(tiny_model_dir)), batch))
+
+
+def test_a_damaged_adapter_is_refused(tiny_model_dir, tokenizer, tmp_path):
+    _, run, _ = _trained_run(tiny_model_dir, tokenizer, tmp_path)
+    tensors = load_file(run / "adapter" / WEIGHTS_NAME)
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in tensors.items() if "layer0_mlp" not in k}, run / "adapter" / WEIGHTS_NAME)
+    assert "missing" in str(_error(lambda: load_run_model(run)))
+    (run / "adapter" / CONFIG_NAME).write_text("{not json")
+    assert _error(lambda: load_run_model(run)).where.endswith(CONFIG_NAME)
+
+
+def test_merge_refuses_a_bottleneck_run(tiny_model_dir, tokenizer, tmp_path, capsys):
+    _, run, _ = _trained_run(tiny_model_dir, tokenizer, tmp_path)
+    assert "bottleneck" in METHODS and "bottleneck" not in MERGEABLE
+    capsys.readouterr()  # drop the weight-loading progress of the training above
+    assert main(["merge", str(run), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "method 'bottleneck' cannot be merged" in err and "method.name" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_serving_refuses_a_bottleneck_adapter_naming_the_method(tiny_model_dir, tokenizer, tmp_path):
+    from tunelab.config.specs import ServeSpec
+    from tunelab.serving.catalog import build_catalog
+    from tunelab.serving.engines.transformers import load_modules
+
+    _, run, _ = _trained_run(tiny_model_dir, tokenizer, tmp_path)
+    catalog = build_catalog(ServeSpec(model=str(run)))
+    e = _error(lambda: load_modules(catalog, torch.float32, "cpu"))
+    assert "method 'bottleneck'" in str(e) and "tunelab chat" in e.fix
+
+
+# ---- bad configuration ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method.bottleneck.size=8", "method.bottleneck.reduction_factor=4"],
+    ["method.bottleneck.layers=[0, 0]"],
+    ["method.bottleneck.placement=middle"],
+    ["method.bottleneck.activation=tanh"],
+    ["method.bottleneck.size=0"],
+    ["method.bottleneck.rank=4"],
+])
+def test_impossible_settings_are_config_errors(tiny_model_dir, overrides):
+    assert "'method.bottleneck" in str(_error(lambda: _recipe(tiny_model_dir, *overrides)))
+
+
+def test_layers_outside_the_model_are_refused_before_weights_load(tiny_model_dir):
+    e = _error(lambda: preflight(_recipe(tiny_model_dir, "method.bottleneck.layers=[0, 2]")))
+    assert e.where == "method.bottleneck.layers" and "[2]" in str(e)
+    e = _error(lambda: preflight(_recipe(tiny_model_dir, "method.bottleneck.layers=[1, -1]")))
+    assert "same block twice" in str(e)
+
+
+def test_an_architecture_without_decoder_blocks_is_refused():
+    class NoBlocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+    class OddBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(4, 4))])
+
+    spec = load_recipe(None, ["data.path=x", "method.name=bottleneck"]).method
+    assert "no stack of decoder blocks" in str(_error(lambda: apply_method(NoBlocks(), spec)))
+    e = _error(lambda: apply_method(OddBlock(), spec))
+    assert "cannot find the MLP of Sequential" in str(e) and e.where == "method.name, model.name"
+
+
+@pytest.mark.parametrize("objective", ["preference", "reward", "grpo"])
+def test_objectives_that_cannot_use_it_are_refused(tiny_model_dir, objective):
+    rewards = ["rl.rewards=[{type: json_valid}]"] if objective == "grpo" else []
+    e = _error(lambda: preflight(_recipe(tiny_model_dir, f"train.objective={objective}", *rewards)))
+    assert e.where == "method.name, train.objective" and f"train.objective={objective}" in str(e)
+
+
+def test_cli_train_with_a_bad_layer_exits_2_with_one_line(tmp_path, chat_jsonl, tiny_model_dir, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  path: {chat_jsonl}\nmodel:\n  name: {tiny_model_dir}\nmethod:\n  name: bottleneck\n")
+    assert main(["train", str(recipe), f"output.dir={tmp_path / 'runs'}", "method.bottleneck.layers=[5]",
+                 *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "method.bottleneck.layers" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# ---- through the recipes ----------------------------------------------------------------------------------
+
+
+def test_tunelab_train_then_eval_on_the_tiny_model(tmp_path, chat_jsonl, tiny_model_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  path: {chat_jsonl}\nmodel:\n  name: {tiny_model_dir}\nmethod:\n  name: bottleneck\n")
+    common = [f"output.dir={tmp_path / 'runs'}", "output.name=b", "train.max_steps=4", "train.batch_size=4",
+              "train.lr=1e-2", "data.split.test=0.2", "eval.max_new_tokens=4", "eval.max_samples=4", *FAST]
+    assert main(["train", str(recipe), "train.eval_every=2", *common]) == 0
+    run = tmp_path / "runs" / "b"
+    assert {p.name for p in (run / "adapter").iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
+    summary = json.loads((run / "train_summary.json").read_text())
+    # tiny model: 2 blocks x one Pfeiffer adapter of width 64 / 16 = 4
+    assert summary["trainable_params"] == 2 * (64 * 4 + 4 + 4 * 64 + 64)
+    vals = [json.loads(x)["val_loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
+    assert len(vals) >= 2 and vals[-1] < vals[0]
+    assert main(["eval", str(run)]) in (0, 3)  # 3 would be the gate; this recipe has none
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["n"] > 0 and metrics["tuned"] and metrics["base"]
+
+
+def test_decoder_classifier_trains_adapters_and_head_and_reloads(tmp_path, tiny_model_dir):
+    from tunelab.recipes.classify import ClassifyRecipe, predict_logits
+    from tunelab.recipes.classify_eval import load_classifier_run
+
+    rows = [{"text": f"{'good great fine' if i % 2 else 'bad awful poor'} item {i}", "label": "pos" if i % 2 else "neg"}
+            for i in range(60)]
+    data = tmp_path / "l.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = load_recipe(None, [
+        f"data.path={data}", f"model.name={tiny_model_dir}", f"output.dir={tmp_path / 'runs'}", "output.name=c",
+        "train.objective=classify", "method.name=bottleneck", "train.batch_size=8", "train.max_steps=6",
+        "train.lr=1e-2", "train.eval_every=100", "data.split.validation=0.2", "data.split.test=0.0", *FAST])
+    run = tmp_path / "runs" / "c"
+    run.mkdir(parents=True)
+    rec = ClassifyRecipe(recipe, run)
+    rec.setup()
+    trainable = {n for n, p in rec.model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in trainable if n.startswith("bottleneck.") or ".score." in f".{n}"}
+    assert any(".score." in f".{n}" for n in trainable)
+    before = {n: p.detach().clone() for n, p in rec.model.named_parameters()}
+    summary = rec.train()
+    rec.save(summary, {"train_s": summary["train_time_s"]})
+    after = dict(rec.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) != (n in trainable) for n in before)
+    saved = load_file(run / "adapter" / WEIGHTS_NAME)
+    assert "head.score.weight" in saved and not any("embed_tokens" in k for k in saved)
+    model, tok, _ = load_classifier_run(run)
+    val = rec.data.encoded["validation"]
+    assert torch.equal(predict_logits(model, val, tok.pad_token_id, 8, "cpu", "fp32"),
+                       predict_logits(rec.model, val, tok.pad_token_id, 8, "cpu", "fp32"))
