@@ -10,7 +10,7 @@ Each contender runs in its own subprocess so that peak memory (max RSS) is its o
 
     python benchmarks/train_throughput.py                 # 40 steps each (~6 min on 2 cores)
     python benchmarks/train_throughput.py --steps 10      # quick look
-    python benchmarks/train_throughput.py --methods full,lora,prefix,prompt,ia3 --steps 30
+    python benchmarks/train_throughput.py --methods full,lora,prefix,prompt,ia3,bottleneck --steps 30
 
 `--methods` compares fine-tuning methods instead (all tunelab, same data and steps, each in its own
 process): trainable parameters, real tokens/s, peak RSS, train time and final validation loss side by side,
@@ -33,7 +33,7 @@ import torch
 STEPS, BATCH, LR, MAX_LEN, ROWS = 40, 8, 2e-4, 256, 2000
 # Learning rates typical for each method (a full model moves with far smaller steps than an adapter).
 METHOD_LR = {"full": 5e-5, "freeze": 1e-4, "lora": LR, "prefix": 1e-2, "prompt": 1e-2, "ptuning": 1e-2,
-             "ia3": 1e-2}
+             "ia3": 1e-2, "bottleneck": 1e-3}
 
 
 def measure_bf16_peak(n: int = 2048, reps: int = 10) -> float:

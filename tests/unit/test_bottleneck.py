@@ -112,12 +112,17 @@ def test_layers_pick_the_blocks_negative_from_the_end(tiny_model_dir):
     assert model.bottleneck_config["layers"] == [1]
 
 
-def _trained_run(tiny_model_dir, tokenizer, tmp_path, *extra):
-    recipe = _recipe(tiny_model_dir, "method.bottleneck.placement=houlsby", "method.bottleneck.dropout=0.1", *extra)
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tokenizer, tmp_path_factory):
+    """(model, run folder, batch): a Houlsby adapter trained 3 steps and saved as a run (shared: read only)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before the per-test one-thread fixture
+    recipe = _recipe(tiny_model_dir, "method.bottleneck.placement=houlsby", "method.bottleneck.dropout=0.1")
     model = apply_method(load_causal_lm(str(tiny_model_dir)), recipe.method)
     batch = _batch(tokenizer)
     _train(model, batch, steps=3)
-    run = tmp_path / "run"
+    torch.set_num_threads(threads)
+    run = tmp_path_factory.mktemp("bottleneck") / "run"
     run.mkdir()
     (run / "config.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
     tokenizer.save_pretrained(run / "tokenizer")
@@ -125,8 +130,8 @@ def _trained_run(tiny_model_dir, tokenizer, tmp_path, *extra):
     return model, run, batch
 
 
-def test_saved_adapter_holds_only_adapter_tensors_and_reloads_exactly(tiny_model_dir, tokenizer, tmp_path):
-    model, run, batch = _trained_run(tiny_model_dir, tokenizer, tmp_path)
+def test_saved_adapter_holds_only_adapter_tensors_and_reloads_exactly(trained, tiny_model_dir):
+    model, run, batch = trained
     assert {p.name for p in (run / "adapter").iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
     tensors = load_file(run / "adapter" / WEIGHTS_NAME)
     assert set(tensors) == {f"bottleneck.{n}" for n in model.bottleneck.state_dict()}
@@ -136,10 +141,15 @@ def test_saved_adapter_holds_only_adapter_tensors_and_reloads_exactly(tiny_model
     assert isinstance(reloaded, BottleneckModel) and not reloaded.training
     assert torch.equal(_logits(reloaded, batch), _logits(model, batch))  # dropout off in eval: exact
     assert not torch.equal(_logits(reloaded, batch), _logits(load_causal_lm(str(tiny_model_dir)), batch))
+    # `tunelab chat` loads it in bf16 where the CPU has it: a bf16 base with the fp32 adapters hooked in
+    assert main(["chat", str(run), "--prompt", "What colour is item 3?", "--max-new-tokens", "3"]) == 0
 
 
-def test_a_damaged_adapter_is_refused(tiny_model_dir, tokenizer, tmp_path):
-    _, run, _ = _trained_run(tiny_model_dir, tokenizer, tmp_path)
+def test_a_damaged_adapter_is_refused(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[1], run)
     tensors = load_file(run / "adapter" / WEIGHTS_NAME)
     from safetensors.torch import save_file
 
@@ -149,8 +159,8 @@ def test_a_damaged_adapter_is_refused(tiny_model_dir, tokenizer, tmp_path):
     assert _error(lambda: load_run_model(run)).where.endswith(CONFIG_NAME)
 
 
-def test_merge_refuses_a_bottleneck_run(tiny_model_dir, tokenizer, tmp_path, capsys):
-    _, run, _ = _trained_run(tiny_model_dir, tokenizer, tmp_path)
+def test_merge_refuses_a_bottleneck_run(trained, tmp_path, capsys):
+    run = trained[1]
     assert "bottleneck" in METHODS and "bottleneck" not in MERGEABLE
     capsys.readouterr()  # drop the weight-loading progress of the training above
     assert main(["merge", str(run), "-o", str(tmp_path / "out")]) == 2
@@ -159,13 +169,12 @@ def test_merge_refuses_a_bottleneck_run(tiny_model_dir, tokenizer, tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
-def test_serving_refuses_a_bottleneck_adapter_naming_the_method(tiny_model_dir, tokenizer, tmp_path):
+def test_serving_refuses_a_bottleneck_adapter_naming_the_method(trained):
     from tunelab.config.specs import ServeSpec
     from tunelab.serving.catalog import build_catalog
     from tunelab.serving.engines.transformers import load_modules
 
-    _, run, _ = _trained_run(tiny_model_dir, tokenizer, tmp_path)
-    catalog = build_catalog(ServeSpec(model=str(run)))
+    catalog = build_catalog(ServeSpec(model=str(trained[1])))
     e = _error(lambda: load_modules(catalog, torch.float32, "cpu"))
     assert "method 'bottleneck'" in str(e) and "tunelab chat" in e.fix
 
@@ -209,6 +218,17 @@ def test_an_architecture_without_decoder_blocks_is_refused():
     assert "cannot find the MLP of Sequential" in str(e) and e.where == "method.name, model.name"
 
 
+def test_an_encoder_classifier_is_refused_before_weights_load(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "bert")
+    recipe = _recipe(tmp_path / "bert", "train.objective=classify")
+    e = _error(lambda: preflight(recipe))
+    assert "cannot find the MLP of BertLayer" in str(e) and e.where == "method.name, model.name"
+
+
 @pytest.mark.parametrize("objective", ["preference", "reward", "grpo"])
 def test_objectives_that_cannot_use_it_are_refused(tiny_model_dir, objective):
     rewards = ["rl.rewards=[{type: json_valid}]"] if objective == "grpo" else []
@@ -234,7 +254,8 @@ def test_tunelab_train_then_eval_on_the_tiny_model(tmp_path, chat_jsonl, tiny_mo
     recipe.write_text(f"data:\n  path: {chat_jsonl}\nmodel:\n  name: {tiny_model_dir}\nmethod:\n  name: bottleneck\n")
     common = [f"output.dir={tmp_path / 'runs'}", "output.name=b", "train.max_steps=4", "train.batch_size=4",
               "train.lr=1e-2", "data.split.test=0.2", "eval.max_new_tokens=4", "eval.max_samples=4", *FAST]
-    assert main(["train", str(recipe), "train.eval_every=2", *common]) == 0
+    # gradient checkpointing recomputes each block, hooks included, in the backward pass
+    assert main(["train", str(recipe), "train.eval_every=2", "train.gradient_checkpointing=true", *common]) == 0
     run = tmp_path / "runs" / "b"
     assert {p.name for p in (run / "adapter").iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
     summary = json.loads((run / "train_summary.json").read_text())

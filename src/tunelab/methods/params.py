@@ -11,7 +11,7 @@ __all__ = ["ParamCounts", "count_parameters", "estimate_training_memory_mb"]
 
 @dataclass(frozen=True)
 class ParamCounts:
-    """Trainable and total parameter counts of a (possibly PEFT-wrapped) model."""
+    """Trainable and total parameter counts of a (possibly PEFT- or bottleneck-wrapped) model."""
 
     trainable: int
     total: int
