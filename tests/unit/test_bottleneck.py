@@ -229,11 +229,14 @@ def test_an_encoder_classifier_is_refused_before_weights_load(tmp_path):
     assert "cannot find the MLP of BertLayer" in str(e) and e.where == "method.name, model.name"
 
 
-@pytest.mark.parametrize("objective", ["preference", "reward", "grpo"])
-def test_objectives_that_cannot_use_it_are_refused(tiny_model_dir, objective):
-    rewards = ["rl.rewards=[{type: json_valid}]"] if objective == "grpo" else []
-    e = _error(lambda: preflight(_recipe(tiny_model_dir, f"train.objective={objective}", *rewards)))
-    assert e.where == "method.name, train.objective" and f"train.objective={objective}" in str(e)
+def test_objectives_that_cannot_use_it_are_refused(tiny_model_dir):
+    e = _error(lambda: preflight(_recipe(tiny_model_dir, "train.objective=reward")))
+    assert e.where == "method.name, train.objective" and "train.objective=reward" in str(e)
+    # preference: 'auto' picks the PEFT base as the reference for adapter methods, which this is not
+    e = _error(lambda: preflight(_recipe(tiny_model_dir, "train.objective=preference")))
+    assert e.where == "preference.reference, method.name" and "precompute" in e.fix
+    preflight(_recipe(tiny_model_dir, "train.objective=preference", "preference.reference=precompute"))
+    preflight(_recipe(tiny_model_dir, "train.objective=preference", "preference.loss=orpo"))
 
 
 def test_cli_train_with_a_bad_layer_exits_2_with_one_line(tmp_path, chat_jsonl, tiny_model_dir, capsys):
@@ -298,3 +301,43 @@ def test_decoder_classifier_trains_adapters_and_head_and_reloads(tmp_path, tiny_
     val = rec.data.encoded["validation"]
     assert torch.equal(predict_logits(model, val, tok.pad_token_id, 8, "cpu", "fp32"),
                        predict_logits(rec.model, val, tok.pad_token_id, 8, "cpu", "fp32"))
+
+
+def test_dpo_with_a_precomputed_reference_learns_the_preference(tmp_path, tiny_model_dir):
+    from tunelab import pipeline
+
+    wrong = ["red", "green", "black", "white", "yellow"]
+    rows = [{"prompt": f"Q{i}: colour of a clear sky?", "chosen": "blue", "rejected": wrong[i % 5]} for i in range(24)]
+    data = tmp_path / "sky.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = load_recipe(None, [
+        f"data.path={data}", "data.split.validation=0.25", "data.split.test=0.0", "data.max_length=64",
+        f"model.name={tiny_model_dir}", "method.name=bottleneck", "train.objective=preference",
+        "preference.reference=precompute", "train.max_steps=6", "train.batch_size=6", "train.lr=0.02",
+        "train.warmup_ratio=0.0", "train.scheduler=constant", "train.log_every=1", f"output.dir={tmp_path / 'runs'}",
+        "output.name=dpo", *FAST])
+    run = pipeline.train(recipe, "dpo")
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference at the start: log 2
+    assert steps[-1]["loss"] < steps[0]["loss"] and steps[-1]["reward_margin"] > steps[0]["reward_margin"]
+    assert {p.name for p in (run / "adapter").iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
+    result = pipeline.evaluate(run)  # the tuned policy reloads through load_run_model
+    assert result["base"]["reward_accuracy"] == 0.5 and result["tuned"]["reward_margin"] > 0
+
+
+def test_grpo_step_runs_and_saves_the_adapter(tmp_path, tiny_model_dir, chat_jsonl):
+    from tunelab import pipeline
+
+    recipe = load_recipe(None, [
+        f"data.path={chat_jsonl}", "data.max_length=64", f"model.name={tiny_model_dir}", "method.name=bottleneck",
+        "train.objective=grpo", "train.max_steps=2", "train.batch_size=4", "train.lr=5e-3", "train.log_every=1",
+        "rl.num_generations=4", "rl.max_completion_length=6", "rl.eval_prompts=2", "rl.beta=0.1",
+        "rl.rewards=[{type: length_penalty, target: 25}]", "eval.batch_size=2", f"output.dir={tmp_path}",
+        "output.name=rl", *FAST])
+    run = pipeline.train(recipe, "rl")
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"reward_mean"' in x]
+    # TRL keeps a frozen copy of the base as the KL reference: equal to the policy before the first update
+    assert [r["step"] for r in steps] == [1, 2] and steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0
+    model, _ = load_run_model(run)
+    ups = [t for k, t in model.adapter_state_dict().items() if k.endswith(".up.weight")]
+    assert isinstance(model, BottleneckModel) and ups and all(bool(t.abs().sum() > 0) for t in ups)  # trained from 0

@@ -53,10 +53,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
 _HEAD_NAMES = ("score", "classifier")
 # train.objective values whose recipes cannot use a bottleneck model (see docs/methods.md).
 UNSUPPORTED_OBJECTIVES = {
-    "preference": "TRL's preference trainers score the reference with PEFT's disable_adapter (or a full copy)",
     "reward": "the reward recipe also exports a merged Transformers folder, and bottleneck adapters cannot merge",
-    "grpo": "TRL's online trainers need a PEFT adapter or a full Transformers model",
-    "rloo": "TRL's online trainers need a PEFT adapter or a full Transformers model",
 }
 
 
@@ -96,38 +93,40 @@ class BottleneckModel(nn.Module):
     """A base model with bottleneck adapters hooked into its blocks (the PeftModel-like face recipes use).
 
     Attributes the wrapper does not have (config, generate, get_decoder, ...) come from the base model;
-    ``get_base_model()`` returns it, so code written for PEFT-wrapped models finds the decoder and head.
+    ``get_base_model()`` returns it, so code written for PEFT-wrapped models finds the decoder and head. The
+    base is held as ``base_lm``: ``base_model`` keeps its transformers meaning (the backbone without the
+    head), which TRL's fused-head forward looks up on whatever model it trains.
     """
 
     def __init__(self, base: nn.Module, adapters: nn.ModuleDict, handles: list[Any], config: dict[str, Any],
                  head: str | None = None):
         super().__init__()
-        self.base_model = base
+        self.base_lm = base
         self.bottleneck = adapters
         self.bottleneck_config = config
         self.head_name = head
         self._handles = handles
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+        return self.base_lm(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_model":  # not set yet (inside __init__): no recursion
+            if name == "base_lm":  # not set yet (inside __init__): no recursion
                 raise
-            return getattr(self.base_model, name)
+            return getattr(self.base_lm, name)
 
     def get_base_model(self) -> nn.Module:
         """The transformers model (its blocks carry the adapters' hooks)."""
-        return self.base_model
+        return self.base_lm
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors `save_pretrained` writes: ``bottleneck.*`` and, for a classifier, ``head.<name>.*``."""
         out = {f"bottleneck.{k}": v for k, v in self.bottleneck.state_dict().items()}
         if self.head_name is not None:
-            head = getattr(self.base_model, self.head_name)
+            head = getattr(self.base_lm, self.head_name)
             out.update({f"head.{self.head_name}.{k}": v for k, v in head.state_dict().items()})
         return out
 
@@ -140,7 +139,7 @@ class BottleneckModel(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        return self.base_model
+        return self.base_lm
 
 
 def bottleneck_width(hidden: int, spec: BottleneckSpec) -> int:
@@ -349,12 +348,26 @@ def check_on_skeleton(recipe: Recipe) -> None:
         raise TunelabError(f"method 'bottleneck' does not work with train.objective={objective}: "
                            f"{UNSUPPORTED_OBJECTIVES[objective]}", where="method.name, train.objective",
                            fix="use method.name=lora or ia3 for this objective")
+    if objective == "preference":
+        _check_reference(recipe)
     name, remote = recipe.model.name, recipe.model.trust_remote_code
     try:
         skeleton = _meta_classifier(name, remote) if objective == "classify" else meta_model(name, remote)
     except ValueError:
         return  # no such head class for this architecture: the recipe's own loader says so, naming model.name
     check_bottleneck(skeleton, recipe.method.bottleneck)
+
+
+def _check_reference(recipe: Recipe) -> None:
+    """A 'peft' reference means "the policy with its adapter disabled", which only PEFT models offer."""
+    from tunelab.recipes.preference import resolve_reference
+
+    if resolve_reference(recipe) == "peft":
+        raise TunelabError(
+            f"preference.reference={recipe.preference.reference} means the PEFT base (adapter disabled) for "
+            "adapter methods, and a bottleneck adapter is not a PEFT adapter",
+            where="preference.reference, method.name",
+            fix="set preference.reference=precompute (or copy), or use a reference-free loss (orpo, simpo)")
 
 
 def _meta_classifier(name: str, trust_remote_code: bool) -> nn.Module:
