@@ -341,3 +341,27 @@ def test_grpo_step_runs_and_saves_the_adapter(tmp_path, tiny_model_dir, chat_jso
     model, _ = load_run_model(run)
     ups = [t for k, t in model.adapter_state_dict().items() if k.endswith(".up.weight")]
     assert isinstance(model, BottleneckModel) and ups and all(bool(t.abs().sum() > 0) for t in ups)  # trained from 0
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_adapter(tmp_path, chat_jsonl, tiny_model_dir):
+    import shutil
+
+    from tunelab import pipeline
+
+    def train(name, *extra, resume=False):
+        recipe = load_recipe(None, [
+            f"data.path={chat_jsonl}", f"model.name={tiny_model_dir}", f"output.dir={tmp_path / 'runs'}",
+            f"output.name={name}", "train.max_steps=6", "train.batch_size=4", "train.lr=5e-3", "train.log_every=1",
+            "method.name=bottleneck", "method.bottleneck.dropout=0.1", "eval.enabled=false", "data.split.test=0.1",
+            *FAST, *extra])
+        return pipeline.train(recipe, name, resume=resume)
+
+    whole = train("whole")
+    cut = train("cut", "train.save_every=3")
+    # Back to the state after step 3, as if the process had died there (the checkpoint holds RNG and optimizer).
+    shutil.rmtree(cut / "adapter")
+    rows = (cut / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text("".join(r + "\n" for r in rows if json.loads(r).get("step", 0) <= 3))
+    resumed = train("cut", "train.save_every=3", resume=True)
+    a, b = (load_file(r / "adapter" / WEIGHTS_NAME) for r in (whole, resumed))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # dropout masks included
