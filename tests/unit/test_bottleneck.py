@@ -5,6 +5,7 @@ refused naming the keys, and the normal `tunelab train` / classify paths work.""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -146,8 +147,6 @@ def test_saved_adapter_holds_only_adapter_tensors_and_reloads_exactly(trained, t
 
 
 def test_a_damaged_adapter_is_refused(trained, tmp_path):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(trained[1], run)
     tensors = load_file(run / "adapter" / WEIGHTS_NAME)
@@ -169,14 +168,68 @@ def test_merge_refuses_a_bottleneck_run(trained, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_serving_refuses_a_bottleneck_adapter_naming_the_method(trained):
+def _lively_run(trained, tmp_path, name: str):
+    """A copy of the trained run whose adapters have large random `up` weights (outputs clearly not the base's)."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / name
+    shutil.copytree(trained[1], run)
+    g = torch.Generator().manual_seed(0)
+    tensors = load_file(run / "adapter" / WEIGHTS_NAME)
+    tensors = {k: torch.randn(v.shape, generator=g) * 0.5 if k.endswith("up.weight") else v for k, v in tensors.items()}
+    save_file(tensors, run / "adapter" / WEIGHTS_NAME)
+    return run
+
+
+def test_served_as_the_one_adapter_of_its_base(trained, tmp_path, tokenizer):
+    import asyncio
+
+    from tunelab.config.specs import ServeSpec
+    from tunelab.serving.catalog import build_catalog
+    from tunelab.serving.engines.base import GenerationRequest, SamplingParams
+    from tunelab.serving.engines.transformers import TransformersEngine, load_modules
+
+    run = _lively_run(trained, tmp_path, "served")
+    catalog = build_catalog(ServeSpec(model=str(run), dtype="fp32"))
+    tuned_id = next(m.id for m in catalog.models.values() if m.adapter_dir is not None)
+    base_id = next(m.id for m in catalog.models.values() if m.adapter_dir is None)
+    engine = TransformersEngine(catalog, ServeSpec(dtype="fp32", batch_size=2),
+                                modules=load_modules(catalog, torch.float32, "cpu"))
+    prompt = tokenizer("what colour is the sky?")["input_ids"]
+
+    async def both():
+        await engine.start()
+        try:
+            async def one(model_id):
+                stream = engine.submit(GenerationRequest(model_id, model_id, prompt, SamplingParams(max_tokens=6,
+                                                                                                   temperature=0)))
+                return [e.token_id async for e in stream]
+            return await asyncio.gather(one(tuned_id), one(base_id))
+        finally:
+            await engine.stop()
+
+    served_tuned, served_base = asyncio.run(both())
+    model, _ = load_run_model(run)
+
+    def greedy():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+        return out[0, len(prompt):].tolist()
+
+    with torch.inference_mode():
+        expected_tuned = greedy()
+        with model.disable_adapter():
+            expected_base = greedy()
+    assert served_tuned == expected_tuned and served_base == expected_base and expected_tuned != expected_base
+
+
+def test_serving_refuses_a_bottleneck_adapter_beside_another(trained, tmp_path):
     from tunelab.config.specs import ServeSpec
     from tunelab.serving.catalog import build_catalog
     from tunelab.serving.engines.transformers import load_modules
 
-    catalog = build_catalog(ServeSpec(model=str(trained[1])))
+    catalog = build_catalog(ServeSpec(model=str(trained[1]), adapters={"other": str(_lively_run(trained, tmp_path, "o"))}))
     e = _error(lambda: load_modules(catalog, torch.float32, "cpu"))
-    assert "method 'bottleneck'" in str(e) and "tunelab chat" in e.fix
+    assert "method 'bottleneck'" in str(e) and "only as the one adapter" in str(e) and "tunelab serve" in e.fix
 
 
 # ---- bad configuration ----------------------------------------------------------------------------------
@@ -344,8 +397,6 @@ def test_grpo_step_runs_and_saves_the_adapter(tmp_path, tiny_model_dir, chat_jso
 
 
 def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_adapter(tmp_path, chat_jsonl, tiny_model_dir):
-    import shutil
-
     from tunelab import pipeline
 
     def train(name, *extra, resume=False):

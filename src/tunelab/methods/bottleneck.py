@@ -10,13 +10,16 @@ the base model's module tree and state dict are untouched and any LLaMA/Mistral/
 
 The adapter is not a PEFT adapter: `adapter/` holds ``bottleneck_config.json`` and
 ``adapter_model.safetensors`` (adapter tensors only, plus a new classification head for
-train.objective=classify), and reloads through `load_bottleneck` (used by `tunelab.models.load_run_model`).
-It cannot be merged into the base weights: the activation between down and up is not linear.
+train.objective=classify), and reloads through `load_bottleneck` (used by `tunelab.models.load_run_model`,
+classification evaluation and the serving engine). It cannot be merged into the base weights: the
+activation between down and up is not linear.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +78,7 @@ class BottleneckAdapter(nn.Module):
         self.up = nn.Linear(size, hidden)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
+        self.enabled = True  # False inside BottleneckModel.disable_adapter(): the hook passes outputs through
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, d), possibly bf16 from a bf16 base; the adapter's own weights stay fp32 (autocast, when
@@ -84,6 +88,8 @@ class BottleneckAdapter(nn.Module):
 
     def hook(self, _module: nn.Module, _args: Any, output: Any) -> Any:
         """Forward hook on an attention or MLP module: adapt its hidden-state output (the first of a tuple)."""
+        if not self.enabled:
+            return output
         if isinstance(output, tuple):
             return (self(output[0]), *output[1:])
         return self(output)
@@ -105,6 +111,7 @@ class BottleneckModel(nn.Module):
         self.bottleneck = adapters
         self.bottleneck_config = config
         self.head_name = head
+        self.adapter_name = "default"  # the one adapter this model holds (the serving engine names it)
         self._handles = handles
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -133,6 +140,25 @@ class BottleneckModel(nn.Module):
     def save_pretrained(self, save_directory: str | Path, **_kwargs: Any) -> None:
         """Write the adapter (not the base) to ``save_directory`` (PEFT's keyword arguments are ignored)."""
         save_bottleneck(self, save_directory)
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Inside the block the model computes exactly the base model (PEFT's context manager of the same name)."""
+        adapters = list(self.bottleneck.values())
+        states = [a.enabled for a in adapters]
+        for a in adapters:
+            a.enabled = False
+        try:
+            yield
+        finally:
+            for a, state in zip(adapters, states, strict=True):
+                a.enabled = state
+
+    def set_adapter(self, name: str) -> None:
+        """PEFT's adapter selection, for the one adapter this model holds."""
+        if name != self.adapter_name:
+            raise TunelabError(f"this bottleneck model holds one adapter, '{self.adapter_name}', not '{name}'",
+                               fix="serve each bottleneck run on its own base")
 
     def remove_hooks(self) -> nn.Module:
         """Detach the adapters and return the untouched base model."""

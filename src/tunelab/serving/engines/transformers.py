@@ -114,29 +114,36 @@ def resolve_dtype(spec: ServeSpec, device: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def _refuse_bottleneck(adapters: list[ServedModel]) -> None:
-    """Bottleneck adapters hook into the base's blocks and cannot be switched per batch like PEFT adapters."""
-    from tunelab.errors import TunelabError
-    from tunelab.methods.bottleneck import is_bottleneck_dir
+def _bottleneck_model(base: torch.nn.Module, adapters: list[ServedModel]) -> torch.nn.Module | None:
+    """The base with its one bottleneck adapter (tunelab's own format) attached; None when none is a bottleneck.
 
-    for a in adapters:
-        if a.adapter_dir is not None and is_bottleneck_dir(a.adapter_dir):
-            raise TunelabError(f"adapter '{a.id}' uses method 'bottleneck', which the serving engine cannot serve "
-                               "(its adapters hook into the base's blocks and cannot be switched per request)",
-                               where=f"--adapter {a.id}={a.adapter_dir.parent}",
-                               fix=f"use `tunelab chat {a.adapter_dir.parent}` or `tunelab eval`, or train a "
-                               "LoRA-family adapter (servable, and mergeable with `tunelab merge`)")
+    The adapter hooks into the base's blocks; `BottleneckModel` offers PEFT's `set_adapter`/`disable_adapter`,
+    so base and adapter rows share it, but it cannot sit beside other adapters of the same base.
+    """
+    from tunelab.errors import TunelabError
+    from tunelab.methods.bottleneck import is_bottleneck_dir, load_bottleneck
+
+    bottleneck = [a for a in adapters if is_bottleneck_dir(a.adapter_dir)]
+    if not bottleneck:
+        return None
+    a = bottleneck[0]
+    if len(adapters) > 1:
+        raise TunelabError(f"adapter '{a.id}' uses method 'bottleneck', which is served only as the one adapter "
+                           "on its base (its hooks cannot be switched per request between adapters)",
+                           where=f"--adapter {a.id}={a.adapter_dir.parent}",
+                           fix=f"serve it alone (`tunelab serve {a.adapter_dir.parent}`), or train LoRA-family adapters")
+    model = load_bottleneck(base, a.adapter_dir)
+    model.adapter_name = a.id
+    return model
 
 
 def load_modules(catalog: ModelCatalog, dtype: torch.dtype, device: str) -> dict[str, _Loaded]:
     """Load each distinct set of weights once and stack the adapters on it. Keys are `ServedModel.weights`.
 
     Raises:
-        TunelabError: a bottleneck adapter (tunelab's own format), which is not served.
+        TunelabError: a bottleneck adapter beside other adapters of the same base.
     """
     from tunelab.models import load_causal_lm
-
-    _refuse_bottleneck([a for a in catalog.models.values() if a.adapter_dir is not None])
 
     loaded: dict[str, _Loaded] = {}
     for m in catalog.models.values():
@@ -144,7 +151,10 @@ def load_modules(catalog: ModelCatalog, dtype: torch.dtype, device: str) -> dict
             continue
         base = load_causal_lm(m.weights, m.trust_remote_code, dtype).to(device)
         adapters = [a for a in catalog.models.values() if a.weights == m.weights and a.adapter_dir is not None]
-        if adapters:
+        bottleneck = _bottleneck_model(base, adapters) if adapters else None
+        if bottleneck is not None:
+            base = bottleneck
+        elif adapters:
             from peft import PeftModel
 
             base = PeftModel.from_pretrained(base, adapters[0].adapter_dir, adapter_name=adapters[0].id)
