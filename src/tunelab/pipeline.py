@@ -67,8 +67,10 @@ def train(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False,
     from tunelab.recipes.objectives import recipe_class
     from tunelab.tracking import track_run
     from tunelab.training.distributed import init_distributed
+    from tunelab.training.fsdp import preflight as sharding_preflight
 
     recipe_cls = recipe_class(recipe)  # train.objective vs the model, checked before a run folder exists
+    sharding_preflight(recipe)  # train.sharding vs objective, method and optimizer, before weights load
     dist = init_distributed(resolve_device(recipe.model.device))
     try:
         run_dir, resuming = _prepare_run_dir(recipe, recipe_name, resume, dist)

@@ -32,6 +32,7 @@ from tunelab.recipes.common import (
     write_run_manifest,
 )
 from tunelab.training import checkpoint as ckpt
+from tunelab.training import fsdp
 from tunelab.training.batching import collate, plan_batches
 from tunelab.training.distributed import DistContext
 from tunelab.training.loss import mean_nll, supervised_nll
@@ -159,8 +160,26 @@ class SFTRecipe:
             f"{self.device}/{self.precision} · est. memory {mem:,.0f} MB + activations{world}"
         )
         self.est_memory_mb = mem
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.sharded = self._shard(model)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # DTensor shards under FSDP
         return model
+
+    def _shard(self, model: torch.nn.Module) -> fsdp.ShardedRoot | None:
+        """FSDP root around the model with train.sharding=fsdp and several processes, else None (replicated)."""
+        if self.recipe.train.sharding != "fsdp":
+            return None
+        if not self.dist.enabled:
+            console.print("train.sharding=fsdp: one process, nothing to shard (the model stays whole)")
+            return None
+        console.print(f"FSDP: {len(fsdp.decoder_layers(model))} decoder layers + root sharded over "
+                      f"{self.dist.world} processes")
+        return fsdp.shard_model(model, self.recipe.train, self.device, self.dist.world)
+
+    def _call(self, fn, *args, **kwargs):
+        """``fn(model, ...)``; through the FSDP root when sharded, so that FSDP gathers the weights around it."""
+        if self.sharded is not None:
+            return self.sharded(fn, *args, **kwargs)
+        return fn(self.model, *args, **kwargs)
 
     def _steps_per_epoch(self) -> int:
         return steps_per_epoch(self.recipe.train, len(self.train_rows), self._group_size())
@@ -179,23 +198,27 @@ class SFTRecipe:
             console.print(f"no checkpoint in {self.ckpt_root}: starting from step 0")
             return
         ckpt.check_compatible(found, self.fingerprint)
-        best = ckpt.load_checkpoint(found, self.model, self.optimizer, self.scheduler)
+        place = fsdp.place_like if self.sharded is not None else None
+        best = ckpt.load_checkpoint(found, self.model, self.optimizer, self.scheduler, place=place)
         self.state.restore(found.state)
-        self.state.best_weights = best
+        self.state.best_weights = fsdp.place_all(best, self.model) if place else best
         self.metrics.truncate_after(found.step)
         console.print(f"resumed from {found.path} (step {found.step}/{self.total_steps}, epoch {self.state.epoch})")
 
     def save_checkpoint(self) -> Path | None:
-        """Write a resumable checkpoint of the current step (main process only); prune old ones."""
-        if not self.dist.is_main:
-            return None
+        """Write a resumable checkpoint of the current step (main process writes); prune old ones."""
         s = self.state
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        trainable, optimizer, best = dict(zip(names, self.trainable, strict=True)), self.optimizer, s.best_weights
+        if self.sharded is not None:  # collectives on every rank: whole tensors, the same files as one process
+            keep = self.dist.is_main
+            trainable, optimizer = fsdp.gather_full(trainable, keep), fsdp.gather_optimizer_state(optimizer, keep)
+            best = fsdp.gather_full(best, keep) if best is not None else None
+        if not self.dist.is_main:
+            return None
         path = ckpt.save_checkpoint(
-            self.ckpt_root, step=s.step, trainable=dict(zip(names, self.trainable, strict=True)),
-            optimizer=self.optimizer, scheduler=self.scheduler,
-            state={**s.counters(), "config": self.fingerprint, "total_steps": self.total_steps},
-            best=s.best_weights)
+            self.ckpt_root, step=s.step, trainable=trainable, optimizer=optimizer, scheduler=self.scheduler,
+            state={**s.counters(), "config": self.fingerprint, "total_steps": self.total_steps}, best=best)
         ckpt.prune_checkpoints(self.ckpt_root, self.recipe.train.save_total_limit, s.best_step)
         return path
 
@@ -223,14 +246,19 @@ class SFTRecipe:
         local = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro_batches)
         n_total = self.dist.sum_int(local)
         loss_sum, tokens = 0.0, 0
-        for mb in micro_batches:
+        passes = self._passes(micro_batches)
+        for i, (mb, weight) in enumerate(passes):
+            if self.sharded is not None:  # reduce-scatter once per step, after the last backward
+                self.sharded.set_requires_gradient_sync(i == len(passes) - 1)
             with autocast(self.device.split(":")[0], self.precision):
-                loss, _ = supervised_nll(self.model, mb, label_smoothing=self.recipe.train.label_smoothing)
+                loss, _ = self._call(supervised_nll, mb, label_smoothing=self.recipe.train.label_smoothing)
             # Normalise by all loss tokens of the step (all ranks) so accumulation equals one big batch.
-            (loss / max(n_total, 1)).backward()
-            loss_sum += float(loss.detach())
-            tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["input_ids"].numel()
-        self.dist.all_reduce_grads(self.trainable)
+            (loss * (weight / max(n_total, 1))).backward()
+            if weight:
+                loss_sum += float(loss.detach())
+                tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["input_ids"].numel()
+        if self.sharded is None:  # FSDP has reduce-scattered the gradients in backward
+            self.dist.all_reduce_grads(self.trainable)
         step_loss = self._global_loss(loss_sum) / max(n_total, 1)
         if not math.isfinite(step_loss):
             raise TunelabError(
@@ -239,13 +267,21 @@ class SFTRecipe:
             )
         grad_norm = None
         if self.recipe.train.max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.recipe.train.max_grad_norm))
+            # The global norm: with FSDP the gradients are DTensor shards and the norm is reduced over ranks.
+            grad_norm = fsdp.scalar(torch.nn.utils.clip_grad_norm_(self.trainable, self.recipe.train.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.loss_tokens += n_total
         self.state.tokens += self.dist.sum_int(tokens)
         return step_loss, grad_norm
+
+    def _passes(self, micro_batches: list[dict[str, torch.Tensor]]) -> list[tuple[dict[str, torch.Tensor], float]]:
+        """(micro-batch, loss weight) pairs; sharded, every rank runs as many passes as the busiest one."""
+        if self.sharded is None:
+            return [(mb, 1.0) for mb in micro_batches]
+        return fsdp.balanced_passes(micro_batches, self.dist.max_int(len(micro_batches)),
+                                    lambda: self._collate(self.train_rows[:1]))
 
     def _global_loss(self, loss_sum: float) -> float:
         if not self.dist.enabled:
@@ -257,8 +293,8 @@ class SFTRecipe:
         return float(t.item())
 
     def validation_loss(self) -> float | None:
-        return mean_nll(self.model, self.val_rows, self.recipe.eval.batch_size, self.tokenizer.pad_token_id,
-                        self.device, self.precision)
+        return self._call(mean_nll, self.val_rows, self.recipe.eval.batch_size, self.tokenizer.pad_token_id,
+                          self.device, self.precision)
 
     def _task_metric(self, name: str) -> float:
         """A task metric of the validation split, by greedy generation with the model being trained."""
@@ -272,8 +308,8 @@ class SFTRecipe:
         was_training = self.model.training
         self.model.eval()
         with autocast(self.device.split(":")[0], self.precision):
-            preds = generate_answers(self.model, self.tokenizer, [ex.prompt_messages for ex in examples],
-                                     r.eval.max_new_tokens, r.eval.batch_size, self.device, label="validate")
+            preds = self._call(generate_answers, self.tokenizer, [ex.prompt_messages for ex in examples],
+                               r.eval.max_new_tokens, r.eval.batch_size, self.device, label="validate")
         self.model.train(was_training)
         metrics = compute_task_metrics(task, preds, refs, r.eval.labels)
         if name not in metrics or not isinstance(metrics[name], int | float):
@@ -379,6 +415,8 @@ class SFTRecipe:
             "processes": self.dist.world, "precision": self.precision, "device": self.device,
             "trainable_params": self.params.trainable, "total_params": self.params.total,
             "est_memory_mb": round(self.est_memory_mb, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_mb_per_rank": [round(v, 1) for v in self.dist.gather_float(peak_rss_mb())],
+            "sharding": "fsdp" if getattr(self, "sharded", None) is not None else "none",
         }
 
     def _best_logged_loss(self) -> float | None:
@@ -387,12 +425,15 @@ class SFTRecipe:
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self, summary: dict[str, Any], timings: dict[str, float]) -> None:
-        from tunelab.methods import artifact_dir
+        from tunelab.methods import artifact_dir, saves_full_weights
 
+        r, d = self.recipe, self.run_dir
+        extra = {}
+        if self.sharded is not None:  # gather whole tensors (collective) so the files are a normal model/adapter
+            extra["state_dict"] = fsdp.artifact_state_dict(self.model, trainable_only=not saves_full_weights(r.method))
         if not self.dist.is_main:
             return
-        r, d = self.recipe, self.run_dir
-        self.model.save_pretrained(d / artifact_dir(r.method), safe_serialization=True)
+        self.model.save_pretrained(d / artifact_dir(r.method), safe_serialization=True, **extra)
         save_run_files(d, self.tokenizer, self.data, summary)
         write_run_manifest(d, r, model_identity(r, self.resolved), data_lineage(self.data, r.data.path), timings)
 

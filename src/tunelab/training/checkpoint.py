@@ -84,9 +84,13 @@ def _diff(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- save
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split the optimizer state into tensors (safetensors) and JSON-able scalars."""
-    sd = optimizer.state_dict()
+def _optimizer_tensors(optimizer: torch.optim.Optimizer | dict[str, Any]
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split the optimizer state into tensors (safetensors) and JSON-able scalars.
+
+    ``optimizer`` may be a state dict already (a sharded run gathers whole tensors first: tunelab.training.fsdp).
+    """
+    sd = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():
@@ -202,9 +206,13 @@ def check_compatible(ckpt: Checkpoint, fingerprint: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- load
 
 
-def load_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer, scheduler
+def load_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer, scheduler, place=None
                     ) -> dict[str, torch.Tensor] | None:
-    """Restore weights, optimizer, scheduler and RNG states in place; returns the best weights if saved."""
+    """Restore weights, optimizer, scheduler and RNG states in place; returns the best weights if saved.
+
+    ``place(param, whole)`` lays a saved whole tensor out like its parameter (a sharded run takes its own
+    shard: tunelab.training.fsdp.place_like); None copies as is.
+    """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     weights = load_file(str(ckpt.path / "weights.safetensors"))
     missing = set(params) - set(weights)
@@ -214,21 +222,24 @@ def load_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer, schedul
                            fix="resume with the method and model the run started with")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name])
-    _load_optimizer(ckpt, optimizer)
+            p.copy_(place(p, weights[name]) if place else weights[name])
+    _load_optimizer(ckpt, optimizer, place)
     scheduler.load_state_dict(ckpt.state["scheduler"])
     _load_rng(ckpt)
     best = ckpt.path / "best.safetensors"
     return load_file(str(best)) if best.is_file() else None
 
 
-def _load_optimizer(ckpt: Checkpoint, optimizer) -> None:
+def _load_optimizer(ckpt: Checkpoint, optimizer, place=None) -> None:
     tensors = load_file(str(ckpt.path / "optimizer.safetensors"))
     rest = ckpt.state["optimizer"]
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
+    if place is not None:  # state of parameter i (in param-group order) laid out like that parameter
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state = {i: {k: place(params[i], v) for k, v in st.items()} for i, st in state.items()}
     for idx, scalars in rest["scalars"].items():
         state.setdefault(int(idx), {}).update(scalars)
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})

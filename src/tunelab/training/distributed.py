@@ -4,7 +4,9 @@ Every rank holds the whole model. An optimizer step consumes ``grad_accum × wor
 same micro-batches, in the same order, that one process with ``grad_accum × world_size`` accumulation would —
 and rank r takes every world_size-th of them. Each rank sums its token losses, the gradients are summed across
 ranks once per step (one flat all-reduce) and divided by the global count of loss tokens, so two processes
-give the same update as one process with double accumulation (tested).
+give the same update as one process with double accumulation (tested). With ``train.sharding: fsdp`` the
+model is sharded instead of replicated (tunelab.training.fsdp) and FSDP reduces the gradients; the micro-batch
+assignment and the scaling stay the same.
 
 Launch: ``tunelab train RECIPE --nproc 2`` re-runs the command under ``torch.distributed.run`` (torchrun);
 multi-node: run ``torchrun --nnodes N --node-rank I --master-addr HOST --nproc-per-node G -m tunelab.cli.main
@@ -51,6 +53,22 @@ class DistContext:
         t = torch.tensor([value], dtype=torch.long)
         dist.all_reduce(t)
         return int(t.item())
+
+    def max_int(self, value: int) -> int:
+        """The largest ``value`` over all ranks (every rank gets it)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def gather_float(self, value: float) -> list[float]:
+        """Every rank's ``value``, in rank order (every rank gets the list)."""
+        if not self.enabled:
+            return [value]
+        out = [torch.zeros(1, dtype=torch.float64) for _ in range(self.world)]
+        dist.all_gather(out, torch.tensor([value], dtype=torch.float64))
+        return [float(t.item()) for t in out]
 
     def any_flag(self, flag: bool) -> bool:
         """True on every rank when any rank raised the flag (so all ranks stop at the same step)."""
