@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/sweep_efficiency.py [--data ../shared/data/emotion] [--steps 30]
 
-Space: learning rate (4 values) x LoRA rank (2) x batch size (2) = 16 configurations on the emotion task with the
-default model. The grid runs all 16; TPE + ASHA gets 8 trials and prunes by intermediate validation loss.
+Space (defaults): learning rate (2.5e-4, 5e-4, 1e-3, 2e-3) x LoRA rank (4, 8, 16) x batch size (4, 8) = 24
+configurations on the emotion task with the default model. The grid runs all 24; TPE + ASHA gets --tpe-trials (8)
+and prunes by intermediate validation loss. --lrs/--ranks/--batch-sizes change the space (the first, 16-point run
+was --ranks 4 16).
 Target (issue 8): TPE + pruning within 1% (relative) of the grid's best while spending at most a third of its
 training tokens. Prints both and the ratios.
 """
@@ -11,6 +13,7 @@ training tokens. Prints both and the ratios.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -48,9 +51,20 @@ def _run(doc: dict, name: str) -> dict:
     t0 = time.perf_counter()
     folder = run_sweep(Recipe.model_validate(doc), name)
     summary = json.loads((folder / "sweep.json").read_text())
+    with (folder / "leaderboard.csv").open() as f:  # every finished trial's params and value
+        values = [({k[6:]: _num(v) for k, v in r.items() if k.startswith("param:") and v}, float(r["value"]))
+                  for r in csv.DictReader(f) if r["state"] == "complete" and r["value"]]
     return {"best": summary["best"]["value"], "tokens": summary["tokens"], "trials": summary["trials"],
             "states": summary["states"], "wall_s": round(time.perf_counter() - t0, 1),
-            "best_params": summary.get("best_params")}
+            "best_params": summary.get("best_params"), "values": values}
+
+
+def _num(text: str) -> float | int:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _short(params: dict) -> str:
+    return "lr {:g} r{} bs{}".format(params.get("train.lr"), params.get("method.lora.r"), params.get("train.batch_size"))
 
 
 def main() -> int:
@@ -58,6 +72,9 @@ def main() -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "emotion"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--tpe-trials", type=int, default=8)
+    ap.add_argument("--lrs", type=float, nargs="+", default=LRS)
+    ap.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--threads", type=int, help="torch threads per trial (1 on a machine shared with other jobs)")
     args = ap.parse_args()
     data = Path(args.data)
@@ -65,9 +82,9 @@ def main() -> int:
         print(f"emotion data not found in {data}", file=sys.stderr)
         return 2
     os.environ["TUNELAB_TRACKING"] = "none"
-    space = {"train.lr": {"type": "categorical", "choices": LRS},
-             "method.lora.r": {"type": "categorical", "choices": [4, 16]},
-             "train.batch_size": {"type": "categorical", "choices": [4, 8]}}
+    space = {"train.lr": {"type": "categorical", "choices": args.lrs},
+             "method.lora.r": {"type": "categorical", "choices": args.ranks},
+             "train.batch_size": {"type": "categorical", "choices": args.batch_sizes}}
     with tempfile.TemporaryDirectory(prefix="tunelab-sweep-bench-") as tmp:
         out = Path(tmp)
         grid = _run(_recipe(data, out, args.steps, {"strategy": "grid", "pruner": "none", "trials": None,
@@ -85,6 +102,11 @@ def main() -> int:
     print(f"{'wall time (s)':24}{grid['wall_s']:>14}{tpe['wall_s']:>14}")
     print(f"\nTPE+ASHA vs grid: best val_loss {gap:+.2%} (target within +1%), tokens {share:.2f}x (target <= 0.33x)")
     print(f"grid best params: {grid['best_params']}\nTPE best params:  {tpe['best_params']}")
+    ranked = sorted(grid["values"], key=lambda kv: kv[1])
+    where = next((i for i, (p, _) in enumerate(ranked, 1) if p == tpe["best_params"]), None)
+    print(f"TPE's best config is number {where} of {len(ranked)} in the grid's ranking" if where else
+          "TPE's best config is not in the grid")
+    print("grid, best first: " + "; ".join(f"{_short(p)} {v:.4f}" for p, v in ranked[:8]) + " ...")
     return 0
 
 

@@ -244,3 +244,47 @@ _WORDS_B = ("blender", "toaster", "kettle", "mixer", "grinder", "juicer", "oven"
 _WORDS_C = ("overall", "indeed", "honestly", "sadly", "luckily", "mostly", "rarely", "always", "never", "often",
             "truly", "barely", "fully", "partly", "simply", "really", "surely", "maybe", "hardly", "nearly",
             "finally", "clearly")
+
+
+def test_worker_processes_give_the_same_report(planted, tokenizer, report, monkeypatch):
+    # Chunks of 4 rows: the first runs here, the other five in two spawned workers (language ID and PII).
+    import tunelab.data.audit as audit
+
+    monkeypatch.setattr(audit, "_CHUNK", 4)
+    kwargs = dict(tokenizer=tokenizer, max_length=80, eval_texts=[_EVAL, "unrelated"],
+                  source={"path": "planted.jsonl", "sha256": "abc123", "format": "chat"}, progress=False)
+    calls = []
+    monkeypatch.setattr(audit, "_row_pii", lambda turns, f=audit._row_pii: calls.append(1) or f(turns))
+    serial = audit_examples(planted, REJECTS, workers=0, **kwargs)
+    assert len(calls) == len(planted)  # every row's PII found in this process
+    calls.clear()
+    parallel = audit_examples(planted, REJECTS, workers=2, **kwargs)
+    assert len(calls) == 4  # only the first chunk here; the rest came from the workers
+    assert parallel == serial == report
+    assert parallel["pii"]["matches"] > 0 and parallel["languages"]
+
+
+def test_a_broken_worker_pool_falls_back_to_this_process(planted, tokenizer, report, monkeypatch):
+    import concurrent.futures
+
+    import tunelab.data.audit as audit
+
+    class Broken:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, *a, **k):
+            raise concurrent.futures.process.BrokenProcessPool("a worker was killed")
+
+    monkeypatch.setattr(audit, "_CHUNK", 4)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Broken)
+    again = audit_examples(planted, REJECTS, tokenizer=tokenizer, max_length=80, eval_texts=[_EVAL, "unrelated"],
+                           source={"path": "planted.jsonl", "sha256": "abc123", "format": "chat"}, progress=False,
+                           workers=1)
+    assert again == report
