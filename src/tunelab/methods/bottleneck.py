@@ -112,7 +112,7 @@ class BottleneckModel(nn.Module):
         self.bottleneck_config = config
         self.head_name = head
         self.adapter_name = "default"  # the one adapter this model holds (the serving engine names it)
-        self._handles = handles
+        self.hook_handles = handles  # torch RemovableHandles: .remove() on each detaches the adapters
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.base_lm(*args, **kwargs)
@@ -159,13 +159,6 @@ class BottleneckModel(nn.Module):
         if name != self.adapter_name:
             raise TunelabError(f"this bottleneck model holds one adapter, '{self.adapter_name}', not '{name}'",
                                fix="serve each bottleneck run on its own base")
-
-    def remove_hooks(self) -> nn.Module:
-        """Detach the adapters and return the untouched base model."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        return self.base_lm
 
 
 def bottleneck_width(hidden: int, spec: BottleneckSpec) -> int:
