@@ -222,14 +222,20 @@ def test_served_as_the_one_adapter_of_its_base(trained, tmp_path, tokenizer):
     assert served_tuned == expected_tuned and served_base == expected_base and expected_tuned != expected_base
 
 
-def test_serving_refuses_a_bottleneck_adapter_beside_another(trained, tmp_path):
+def test_serving_refuses_a_bottleneck_adapter_beside_another(trained, tmp_path, monkeypatch):
     from tunelab.config.specs import ServeSpec
     from tunelab.serving.catalog import build_catalog
     from tunelab.serving.engines.transformers import load_modules
 
-    catalog = build_catalog(ServeSpec(model=str(trained[1]), adapters={"other": str(_lively_run(trained, tmp_path, "o"))}))
-    e = _error(lambda: load_modules(catalog, torch.float32, "cpu"))
+    spec = ServeSpec(model=str(trained[1]), adapters={"other": str(_lively_run(trained, tmp_path, "o"))})
+    # refused when the catalog is built (startup, exit 2), before any weights load
+    e = _error(lambda: build_catalog(spec))
     assert "method 'bottleneck'" in str(e) and "only as the one adapter" in str(e) and "tunelab serve" in e.fix
+    assert e.where == "--adapter" and "also asked for: other" in str(e)
+    # the engine keeps its own check for catalogs built another way
+    monkeypatch.setattr("tunelab.serving.catalog._check_bottleneck_alone", lambda models: None)
+    e = _error(lambda: load_modules(build_catalog(spec), torch.float32, "cpu"))
+    assert "method 'bottleneck'" in str(e)
 
 
 # ---- bad configuration ----------------------------------------------------------------------------------
@@ -285,9 +291,15 @@ def test_an_encoder_classifier_is_refused_before_weights_load(tmp_path):
 def test_objectives_that_cannot_use_it_are_refused(tiny_model_dir):
     e = _error(lambda: preflight(_recipe(tiny_model_dir, "train.objective=reward")))
     assert e.where == "method.name, train.objective" and "train.objective=reward" in str(e)
-    # preference: 'auto' picks the PEFT base as the reference for adapter methods, which this is not
-    e = _error(lambda: preflight(_recipe(tiny_model_dir, "train.objective=preference")))
+    # preference: 'peft' means the PEFT base (adapter disabled), which a bottleneck adapter does not offer;
+    # 'auto' resolves to precomputed reference log-probabilities for it, as for full weights
+    e = _error(lambda: preflight(_recipe(tiny_model_dir, "train.objective=preference", "preference.reference=peft")))
     assert e.where == "preference.reference, method.name" and "precompute" in e.fix
+    from tunelab.recipes.preference import resolve_reference
+
+    auto = _recipe(tiny_model_dir, "train.objective=preference")
+    preflight(auto)
+    assert resolve_reference(auto) == "precompute"
     preflight(_recipe(tiny_model_dir, "train.objective=preference", "preference.reference=precompute"))
     preflight(_recipe(tiny_model_dir, "train.objective=preference", "preference.loss=orpo"))
 

@@ -230,7 +230,8 @@ def test_base_dtype_and_memory_estimate():
     assert base_dtype(full, "bf16") == torch.float32  # trained and saved blocks stay exact
     assert estimate_training_memory_mb(2**20, 0, base_bytes=2) == pytest.approx(2.0)
     assert estimate_training_memory_mb(2**20, 2**20) == pytest.approx(16.0)  # weight, grad, two moments
-    assert set(METHODS) == {"full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3"}
+    assert set(METHODS) == {"full", "freeze", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3",
+                            "bottleneck"}
 
 
 # ---- conflicts: caught before weights load, naming the keys --------------------------------------------

@@ -83,7 +83,9 @@ def resolve_reference(recipe: Recipe) -> str:
         return "none"
     if p.reference != "auto":
         return p.reference
-    return "precompute" if saves_full_weights(method) or method.name in PROMPT_LEARNING else "peft"
+    # 'peft' disables a PEFT adapter; full weights, virtual tokens and tunelab's bottleneck adapters have none.
+    no_peft_base = saves_full_weights(method) or method.name in PROMPT_LEARNING or method.name == "bottleneck"
+    return "precompute" if no_peft_base else "peft"
 
 
 @contextlib.contextmanager

@@ -222,6 +222,19 @@ def _check_ids(models: list[ServedModel]) -> dict[str, ServedModel]:
     return out
 
 
+def _check_bottleneck_alone(models: list[ServedModel]) -> None:
+    """A bottleneck adapter switches hooks on its base, so it is served only as the one adapter of that base."""
+    from tunelab.methods.bottleneck import is_bottleneck_dir
+
+    adapters = [m for m in models if m.adapter_dir is not None]
+    odd = [m for m in adapters if is_bottleneck_dir(m.adapter_dir)]
+    if odd and len(adapters) > 1:
+        raise TunelabError(f"adapter '{odd[0].id}' uses method 'bottleneck', which is served only as the one adapter "
+                           f"of its base (also asked for: {', '.join(m.id for m in adapters if m is not odd[0])})",
+                           where="--adapter", fix="serve the bottleneck run on its own (tunelab serve RUN), or "
+                           "train LoRA-family adapters to serve several at once")
+
+
 def build_catalog(spec: ServeSpec) -> ModelCatalog:
     """Resolve `spec.model`, `spec.adapters` and `spec.embedding_model` into a catalog (no weights loaded).
 
@@ -238,6 +251,7 @@ def build_catalog(spec: ServeSpec) -> ModelCatalog:
     base = models[0]  # the weights every adapter must have been trained on
     for name, run in spec.adapters.items():
         models.append(_adapter(name, Path(run).expanduser(), base))
+    _check_bottleneck_alone(models)
     if spec.embedding_model:
         models.append(_embedding(spec.embedding_model))
     return ModelCatalog(_check_ids(models))
