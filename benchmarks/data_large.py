@@ -17,7 +17,8 @@ killed when its resident memory passes --cap-mb (the peak is the kernel's ru_max
    before streaming, under the same cap);
 2. --report-rows (default 100,000) rows of the same corpus: `tunelab data report` and `tunelab data dedup`,
    streaming vs baseline, side by side (wall and CPU time, peak RSS, ratios), and whether their outputs
-   are identical (data.jsonl / rejects.jsonl bytes; the report JSON).
+   are identical (data.jsonl / rejects.jsonl bytes; the report JSON); the report also in one process
+   (TUNELAB_DATA_WORKERS=0: no worker processes for language ID and PII), against the default.
 
     python benchmarks/data_large.py                           # 1 GB file, 800 MB cap, 100k-row comparison
     python benchmarks/data_large.py --size-mb 300 --cap-mb 500 --skip-large-report
@@ -272,7 +273,7 @@ def _ratio(name: str, new: Run, base: Run | None) -> None:
     if base is None or base.rc != 0 or new.rc != 0:
         return
     print(f"  {name}: wall {base.wall_s / new.wall_s:.2f}x, cpu {base.cpu_s / new.cpu_s:.2f}x, "
-          f"peak RSS {base.peak_mb / new.peak_mb:.2f}x less (baseline / streaming)")
+          f"peak RSS {base.peak_mb / new.peak_mb:.2f}x less (baseline / new)")
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -312,8 +313,9 @@ def _bench(args: argparse.Namespace, work: Path) -> None:
         "dedup": baseline_src(BASELINE_DEDUP_REV, work / "base-dedup"),
         "report": baseline_src(BASELINE_REPORT_REV, work / "base-report")}
 
-    def run(label: str, verb: str, src: Path, out: str, code: Path | None) -> Run:
-        return run_capped(label, _cmd(verb, src, work / out), args.cap_mb, _env(code), work / f"{out}.log")
+    def run(label: str, verb: str, src: Path, out: str, code: Path | None, **env: str) -> Run:
+        return run_capped(label, _cmd(verb, src, work / out), args.cap_mb, {**_env(code), **env},
+                          work / f"{out}.log")
 
     large = [run("dedup, streaming", "dedup", big, "dedup-new", None)]
     if base.get("dedup"):
@@ -325,7 +327,9 @@ def _bench(args: argparse.Namespace, work: Path) -> None:
                              base["report"]))
     _table(f"large file: {big_mb:,.0f} MB, {n_big:,} rows, cap {args.cap_mb:,.0f} MB", large, n_big, big_mb)
 
-    side = [run("report, streaming", "report", small, "small-report-new", None)]
+    side = [run("report, streaming", "report", small, "small-report-new", None),
+            run("report, streaming, 1 process", "report", small, "small-report-serial", None,
+                TUNELAB_DATA_WORKERS="0")]
     if base.get("report"):
         side.append(run(f"report, in-memory ({BASELINE_REPORT_REV})", "report", small, "small-report-base",
                         base["report"]))
@@ -336,6 +340,9 @@ def _bench(args: argparse.Namespace, work: Path) -> None:
     _table(f"{args.report_rows:,} rows ({small_mb:,.1f} MB), side by side", side, args.report_rows, small_mb)
     by = {r.label.split(" (")[0]: r for r in side}
     _ratio("report", by["report, streaming"], by.get("report, in-memory"))
+    _ratio("report, worker processes", by["report, streaming"], by["report, streaming, 1 process"])
+    print(f"  report JSON with and without worker processes: "
+          f"{_same_report(work / 'small-report-new', work / 'small-report-serial')}")
     _ratio("dedup", by["dedup, streaming"], by.get("dedup, in-memory"))
     if base:
         print(f"  outputs: report JSON {_same_report(work / 'small-report-new', work / 'small-report-base')}; "

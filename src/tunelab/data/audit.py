@@ -179,6 +179,15 @@ def _counts(usable: int, any_text: bool, rejects: Iterable[Reject], source: dict
             "rejected_by_reason": _ranked(reasons), "format": fmt}
 
 
+def _rendered(tokenizer: Any, ex: Example) -> str:
+    """What the model reads: the text, or the conversation in the tokenizer's chat template."""
+    return ex.text if ex.text is not None else tokenizer.apply_chat_template(ex.messages, tokenize=False)
+
+
+def _token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 class _Lengths:
     """Characters per role, chat-template tokens per row (tokenized in batches) and truncation."""
 
@@ -187,6 +196,7 @@ class _Lengths:
         self.chars: dict[str, Counter] = {role: Counter() for role in (*_ROLES, "text")}
         self.tokens: Counter = Counter()
         self._batch: list[str] = []
+        self.pre: dict[int, int] = {}  # token counts computed by a worker process (see _features)
 
     def add(self, i: int, ex: Example) -> None:
         if ex.text is not None:
@@ -194,16 +204,21 @@ class _Lengths:
         for m in ex.messages:
             if m.get("role") in _ROLES:
                 self.chars[m["role"]][len(m["content"])] += 1
-        if self.tokenizer is not None:
-            self._batch.append(ex.text if ex.text is not None
-                               else self.tokenizer.apply_chat_template(ex.messages, tokenize=False))
-            if len(self._batch) >= _TOKEN_BATCH:
-                self._tokenize()
+        if self.tokenizer is None:
+            return
+        n = self.pre.pop(i, None)
+        if n is not None:
+            self.tokens[n] += 1
+            return
+        self._batch.append(_rendered(self.tokenizer, ex))
+        if len(self._batch) >= _TOKEN_BATCH:
+            self._tokenize()
 
     def _tokenize(self) -> None:
         if self._batch:
-            self.tokens.update(len(ids) for ids in self.tokenizer(self._batch, add_special_tokens=False)["input_ids"])
+            self.tokens.update(_token_counts(self.tokenizer, self._batch))
             self._batch = []
+
 
     def result(self) -> dict[str, Any]:
         chars = {role: _stats(c) for role, c in self.chars.items() if c}
@@ -379,18 +394,29 @@ def _row_pii(turns: list[tuple[str, str]]) -> list[tuple[int, Any]]:
     return [(k, m) for k, (_, t) in enumerate(turns) for m in find_pii(t)]
 
 
-def _features(examples: list[Example]) -> list[tuple[dict[str, str], list]]:
-    """The per-row work that needs no state (language, PII) for a chunk: what a worker process computes."""
-    return [(_row_languages(ex), _row_pii(_turns_of(ex))) for ex in examples]
+_WORKER_TOKENIZER: Any = None  # set in each worker process by _init_worker
 
 
-def _with_features(chunks: Iterable[list], workers: int) -> Iterator[tuple[list, list | None]]:
-    """Yield ``(chunk, features or None)``; with workers, language ID and PII run in worker processes.
+def _init_worker(tokenizer: Any) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
 
-    Those two are about 40% of a report's time and need no shared state, so on a machine with a spare core
-    worker processes compute them for the next chunks while this process runs the other sections on the
-    current one. Results do not depend on the number of workers (tested). The first chunk runs here, so
-    small files never start a process.
+
+def _features(examples: list[Example]) -> list[tuple[dict[str, str], list, int | None]]:
+    """The per-row work that needs no shared state, for a chunk: language, PII and the token count of the
+    chat-template rendering (None without a tokenizer); what a worker process computes."""
+    tok = _WORKER_TOKENIZER
+    counts = _token_counts(tok, [_rendered(tok, ex) for ex in examples]) if tok is not None else [None] * len(examples)
+    return [(_row_languages(ex), _row_pii(_turns_of(ex)), n) for ex, n in zip(examples, counts, strict=True)]
+
+
+def _with_features(chunks: Iterable[list], workers: int, tokenizer: Any) -> Iterator[tuple[list, list | None]]:
+    """Yield ``(chunk, features or None)``; with workers, `_features` runs in worker processes.
+
+    Language ID, PII detection and chat-template tokenization are about 60% of a report's time and need no
+    shared state, so on a machine with a spare core worker processes compute them for the next chunks while
+    this process runs the other sections on the current one. Results do not depend on the number of workers
+    (tested). The first chunk runs here, so small files never start a process.
     """
     it = iter(chunks)
     first = next(it, None)
@@ -405,7 +431,8 @@ def _with_features(chunks: Iterable[list], workers: int) -> Iterator[tuple[list,
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: the parent may hold tokenizer and torch threads, which a fork can deadlock on.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(tokenizer,)) as pool:
         window: deque = deque()
         for chunk in it:
             window.append((chunk, _submit(pool, chunk)))
@@ -802,7 +829,7 @@ def audit_examples(examples: Sequence[Example], rejects: Iterable[Reject], *, to
         progress: show progress bars for the slow loops.
         workdir: where the duplicate search keeps its MinHash signatures (a temporary folder inside it;
             default: the system's temporary folder).
-        workers: processes that run language ID and PII detection beside this one (None: the spare cores,
+        workers: processes that run language ID, PII detection and tokenization beside this one (None: the spare cores,
             at most 4, or ``TUNELAB_DATA_WORKERS``; 0: none). The report is the same for any number.
 
     Returns:
@@ -822,10 +849,12 @@ def audit_examples(examples: Sequence[Example], rejects: Iterable[Reject], *, to
         # Section by section over chunks of rows, not row by row: each section's models and tables stay in
         # the CPU caches (interleaving them row by row measured ~30% slower).
         chunks = batched(enumerate(_track(examples, "analysing rows", progress)), _CHUNK)
-        for chunk, features in _with_features(chunks, _default_workers() if workers is None else workers):
+        n_workers = _default_workers() if workers is None else workers
+        for chunk, features in _with_features(chunks, n_workers, tokenizer):
             if features is not None:
                 languages.pre = {i: f[0] for (i, _), f in zip(chunk, features, strict=True)}
                 pii.pre = {i: f[1] for (i, _), f in zip(chunk, features, strict=True)}
+                lengths.pre = {i: f[2] for (i, _), f in zip(chunk, features, strict=True) if f[2] is not None}
             for section in sections:
                 for i, ex in chunk:
                     section.add(i, ex)
