@@ -82,6 +82,7 @@ def _logits(model, tokenizer) -> torch.Tensor:
 
 def test_full_finetuning_matches_one_process_saves_normal_files_and_resumes(tmp_path, chat_jsonl, tiny_model_dir,
                                                                             tokenizer):
+    """Full fine-tuning (with gradient checkpointing inside the FSDP units), checkpoints, artefact, resume."""
     from transformers import AutoModelForCausalLM
 
     common = _overrides(tmp_path, chat_jsonl, tiny_model_dir, "method.name=full", "train.max_steps=4",

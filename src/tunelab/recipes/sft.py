@@ -1,6 +1,7 @@
 """Instruction SFT: assistant-only loss, any method, gradient accumulation, warmup + schedule, periodic
 validation with early stopping on any metric, exact-resume checkpoints (SIGINT/SIGTERM save one), data-parallel
-training over torch.distributed, metrics.jsonl, and a self-describing run folder."""
+training over torch.distributed (replicated, or sharded with FSDP: tunelab.training.fsdp), metrics.jsonl, and a
+self-describing run folder."""
 
 from __future__ import annotations
 
@@ -253,7 +254,8 @@ class SFTRecipe:
             with autocast(self.device.split(":")[0], self.precision):
                 loss, _ = self._call(supervised_nll, mb, label_smoothing=self.recipe.train.label_smoothing)
             # Normalise by all loss tokens of the step (all ranks) so accumulation equals one big batch.
-            (loss * (weight / max(n_total, 1))).backward()
+            # weight: 0 for an FSDP padding pass; multiplying by 1.0 leaves the other numbers bit-identical.
+            (loss / max(n_total, 1) * weight).backward()
             if weight:
                 loss_sum += float(loss.detach())
                 tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["input_ids"].numel()
