@@ -36,7 +36,8 @@ __all__ = ["FSDP_METHODS", "FSDP_OBJECTIVES", "FSDP_OPTIMIZERS", "ShardedRoot", 
 FSDP_OBJECTIVES = ("sft", "pretrain")  # the recipes with our own training loop (SFTRecipe)
 # Methods whose trainable weights live inside the sharded modules as ordinary parameters (tested). Not:
 # qlora (bitsandbytes 4-bit tensors cannot be split into DTensor shards); prefix/prompt/ptuning (PEFT saves
-# their virtual-token tables by reading the sharded weights directly, bypassing the gathered state dict).
+# their virtual-token tables by reading the sharded weights directly, bypassing the gathered state dict);
+# bottleneck (our own adapter, not tried under FSDP yet).
 FSDP_METHODS = ("full", "freeze", "lora", "ia3")
 # Element-wise optimizers give the same update on a shard as on the whole tensor. Adafactor factors its second
 # moment over whole rows and columns of a matrix (a shard holds only some rows); 8-bit AdamW keeps
