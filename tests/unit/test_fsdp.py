@@ -211,3 +211,19 @@ def test_two_gpus_nccl_with_mixed_precision(tmp_path, chat_jsonl, tiny_model_dir
     assert sorted(got) == sorted(ref)
     for step, value in ref.items():
         assert got[step] == pytest.approx(value, rel=2e-2)
+
+
+@pytest.mark.parametrize("resume", [["--resume"], ["--resume", "runs/x"]])
+def test_the_launcher_passes_resume_after_the_overrides(monkeypatch, tmp_path, chat_jsonl, tiny_model_dir, resume):
+    # Each worker re-parses the argv: a bare --resume in front of the overrides would swallow the first one.
+    import tunelab.training.distributed as distributed
+    from tunelab.cli.main import build_parser
+
+    seen = []
+    monkeypatch.setattr(distributed, "launch", lambda n, argv: seen.append(argv) or 0)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  path: {chat_jsonl}\nmodel:\n  name: {tiny_model_dir}\n")
+    main(["train", str(recipe), "train.max_steps=2", f"output.dir={tmp_path}", "--nproc", "2", *resume])
+    child = build_parser().parse_args(seen[0])
+    assert child.overrides[:2] == ["train.max_steps=2", f"output.dir={tmp_path}"]
+    assert child.resume == (True if resume == ["--resume"] else "runs/x")

@@ -26,8 +26,8 @@ def _launch_distributed(args: argparse.Namespace, recipe, name: str) -> tuple[in
 
     run_name = recipe.output.name or f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     argv = ["train", args.recipe, *args.overrides, f"output.name={run_name}"]
-    if args.resume:
-        argv[2:2] = ["--resume"] if args.resume is True else ["--resume", args.resume]
+    if args.resume:  # last: a bare --resume before the overrides would take the first one as its RUN_DIR
+        argv += ["--resume"] if args.resume is True else ["--resume", args.resume]
     return launch(args.nproc, argv), run_name
 
 
