@@ -114,6 +114,25 @@ def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, 
     assert len({r["trial"] for r in rows}) == 4
     for trial, lr in first.items():  # the finished trials were kept, not repeated
         assert {r["trial"]: r["param:train.lr"] for r in rows}[trial] == lr
+    # The resumed process and its worker do not replay the seed: four different learning rates.
+    assert len({r["param:train.lr"] for r in rows}) == 4
+
+
+def test_a_configuration_already_tried_is_not_trained_again(tmp_path, chat_jsonl, tiny_model_dir):
+    doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
+        "strategy": "random", "pruner": "none", "trials": 5,
+        "space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2]}}}, max_steps=2, eval_every=2)
+    folder = run_sweep(load_recipe(_write(tmp_path, doc)), "dup")
+    rows = _leaderboard(folder)
+    assert len(rows) == 5 and {r["state"] for r in rows} == {"complete"}
+    trained = [r for r in rows if not r["duplicate_of"]]
+    twins = [r for r in rows if r["duplicate_of"]]
+    assert len(trained) == len({r["param:train.lr"] for r in rows}) <= 2 and len(twins) >= 3
+    by_trial = {r["trial"]: r for r in trained}
+    for r in twins:  # the twin's value, no tokens spent, no run folder of its own
+        first = by_trial[r["duplicate_of"]]
+        assert (r["param:train.lr"], r["value"]) == (first["param:train.lr"], first["value"])
+        assert r["tokens"] == "0" and not (folder / "trials" / f"trial-{int(r['trial']):04d}").exists()
 
 
 @pytest.mark.parametrize(("sweep", "match"), [
@@ -167,3 +186,26 @@ def test_a_signal_inside_a_trial_stops_the_study_and_resumes_later(tmp_path, cha
     folder = run_sweep(recipe, "s")  # running it again resumes the study
     rows = _leaderboard(folder)
     assert len(calls) == 4 and sum(r["state"] == "complete" for r in rows) == 3
+
+
+def test_each_worker_and_each_resume_gets_its_own_sampler_sequence(tmp_path, chat_jsonl, tiny_model_dir,
+                                                                   monkeypatch):
+    # A seeded sampler opened again would replay its proposals: workers and resumed studies would train the
+    # configurations the study already has.
+    from optuna.distributions import FloatDistribution
+
+    from tunelab.sweep.study import WORKER_ENV, open_study
+
+    doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
+        "strategy": "random", "space": {"train.lr": {"type": "log_float", "low": 1e-4, "high": 1e-2}}})
+    recipe = load_recipe(_write(tmp_path, doc))
+    dist = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
+
+    def first(folder: str, worker: str) -> float:
+        monkeypatch.setenv(WORKER_ENV, worker)
+        return open_study(recipe, "s", tmp_path / folder).ask(dist).params["lr"]
+
+    fresh, fresh_again, worker = first("a", "0"), first("b", "0"), first("c", "1")
+    assert fresh == fresh_again  # a fresh single-process study is reproducible
+    assert worker != fresh
+    assert first("a", "0") != fresh  # reopened with one trial in it: a new proposal, not the first one again

@@ -32,7 +32,8 @@ def leaderboard_rows(study) -> list[dict[str, Any]]:
                      "last_intermediate": last, "evaluations": len(t.intermediate_values),
                      "tokens": t.user_attrs.get("tokens"), "duration_s": round(duration, 1) if duration else None,
                      **{f"param:{k}": v for k, v in t.params.items()},
-                     "run_dir": t.user_attrs.get("run_dir"), "error": t.user_attrs.get("error")})
+                     "run_dir": t.user_attrs.get("run_dir"), "duplicate_of": t.user_attrs.get("duplicate_of"),
+                     "error": t.user_attrs.get("error")})
     order = {"complete": 0, "pruned": 1, "fail": 2}
     sign = 1 if direction == "minimize" else -1
 

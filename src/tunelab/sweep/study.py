@@ -26,6 +26,7 @@ __all__ = ["direction_of", "open_study", "planned_trials", "run_sweep", "study_d
 
 _LOSS_METRICS = {"val_loss", "val_ppl"}
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+WORKER_ENV = "TUNELAB_SWEEP_WORKER"  # 1, 2, ... in the worker processes of `tunelab sweep --workers N`
 
 
 def direction_of(sweep: SweepSpec) -> str:
@@ -77,14 +78,21 @@ def open_study(recipe: Recipe, name: str, folder: Path):
     try:
         storage = RDBStorage(url, heartbeat_interval=5, grace_period=20,
                              engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
-        return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                   direction=direction_of(recipe.sweep), sampler=_sampler(recipe.sweep),
-                                   pruner=_pruner(recipe.sweep))
+        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                    direction=direction_of(recipe.sweep), sampler=_sampler(recipe.sweep),
+                                    pruner=_pruner(recipe.sweep))
     except TunelabError:
         raise
     except Exception as e:  # sqlalchemy/optuna raise many kinds for a bad URL or a locked/corrupt file
         raise TunelabError(f"cannot open the study storage {url}: {e}", where="sweep.storage",
                            fix="check the database URL and that its driver is installed") from e
+    # A seeded sampler replays the same proposals: a resumed study (and each worker process) starts its
+    # sequence at its own offset, so it does not propose again what the study has already run. A fresh
+    # single-process study keeps the plain seed (reproducible).
+    offset = len(study.get_trials(deepcopy=False)) + 100_003 * int(os.environ.get(WORKER_ENV, "0") or 0)
+    if offset and recipe.sweep.seed is not None:
+        study.sampler = _sampler(recipe.sweep.model_copy(update={"seed": recipe.sweep.seed + offset}))
+    return study
 
 
 def _check_metric(recipe: Recipe) -> None:
@@ -137,6 +145,9 @@ class _Objective:
         from tunelab.training.rundir import listen_metrics
 
         params = sample(trial, self.sweep, self.base)
+        twin = _twin(trial)
+        if twin is not None:
+            return _reuse(trial, twin)
         name = f"trial-{trial.number:04d}"
         run_recipe = trial_recipe(self.base, params, str(self.folder / "trials"), name, self.sweep.metric)
         trial.set_user_attr("run_dir", str(self.folder / "trials" / name))
@@ -178,6 +189,32 @@ class _Objective:
         rows = _read_jsonl(Path(trial.user_attrs.get("run_dir", "")) / "metrics.jsonl")
         tokens = max((int(r.get("tokens") or 0) for r in rows), default=0)
         trial.set_user_attr("tokens", tokens)
+
+
+def _twin(trial) -> Any:
+    """A finished trial of this study with exactly these parameters (the first), or None.
+
+    TPE and random search over categorical dimensions propose configurations they have already tried; with a
+    fixed seed a run is deterministic, so training it again would spend its tokens to learn the same number.
+    """
+    for t in trial.study.get_trials(deepcopy=False):
+        if (t.number != trial.number and t.state.name in ("COMPLETE", "PRUNED") and t.params == trial.params
+                and not t.user_attrs.get("interrupted") and "duplicate_of" not in t.user_attrs):
+            return t
+    return None
+
+
+def _reuse(trial, twin) -> float:
+    """Give `trial` the result of its twin without training: same value (or pruned), no tokens spent."""
+    import optuna
+
+    trial.set_user_attr("duplicate_of", twin.number)
+    trial.set_user_attr("run_dir", twin.user_attrs.get("run_dir"))
+    trial.set_user_attr("tokens", 0)
+    console.print(f"trial {trial.number}: same parameters as trial {twin.number}; its result is reused")
+    if twin.state.name == "PRUNED":
+        raise optuna.TrialPruned(f"same parameters as trial {twin.number}, which was pruned")
+    return float(twin.value)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -258,10 +295,10 @@ def _spawn_workers(recipe_path: str, overrides: list[str], shares: list[int | No
     threads = str(max(1, (os.cpu_count() or 1) // (len(shares) + 1)))
     env = {**os.environ, "OMP_NUM_THREADS": threads}
     procs = []
-    for share in shares:
+    for i, share in enumerate(shares, start=1):
         extra = ["--worker-trials", str(share)] if share is not None else []
         cmd = [sys.executable, "-m", "tunelab.cli.main", "sweep", recipe_path, "--worker", *extra, *overrides]
-        procs.append(subprocess.Popen(cmd, env=env))
+        procs.append(subprocess.Popen(cmd, env={**env, WORKER_ENV: str(i)}))
     return procs
 
 
