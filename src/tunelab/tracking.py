@@ -36,6 +36,22 @@ def default_mlflow_uri(output_dir: str) -> str:
     return f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
 
 
+@contextmanager
+def _store_lock(output_dir: str) -> Iterator[None]:
+    """An exclusive lock on ``<output_dir>/.mlflow.lock`` (flock; released when the block ends or the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent first use of a new store stays unprotected there
+        yield
+        return
+    with open(Path(output_dir) / ".mlflow.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _enabled(recipe: Recipe) -> list[str]:
     if os.environ.get("TUNELAB_TRACKING", "").lower() in {"none", "off", "0", "false"}:
         return []
@@ -52,8 +68,11 @@ class _MLflow:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.mlflow = mlflow
         Path(recipe.output.dir).mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(recipe.output.mlflow_uri or default_mlflow_uri(recipe.output.dir))
-        mlflow.set_experiment(recipe.output.experiment or recipe_name)
+        # Several processes (sweep workers, runs started side by side) may open a new store at once: creating
+        # its tables or the same experiment concurrently fails in one of them, so the first steps are serialised.
+        with _store_lock(recipe.output.dir):
+            mlflow.set_tracking_uri(recipe.output.mlflow_uri or default_mlflow_uri(recipe.output.dir))
+            mlflow.set_experiment(recipe.output.experiment or recipe_name)
         self.run = mlflow.start_run(run_name=run_dir.name, tags={"tunelab.run_dir": str(run_dir.resolve()), **tags})
         params = {k: json.dumps(v) if isinstance(v, list | dict) else v
                   for k, v in _flatten(recipe.model_dump(mode="json", exclude={"sweep"})).items()}

@@ -77,7 +77,9 @@ def test_grid_sweep_runs_every_config_once_and_writes_outputs(tmp_path, chat_jso
     assert len(_leaderboard(folder)) == 4
 
 
-def test_pruning_stops_bad_trials_and_failures_do_not_stop_the_study(tmp_path, chat_jsonl, tiny_model_dir):
+def test_pruning_stops_bad_trials_and_failures_do_not_stop_the_study(tmp_path, chat_jsonl, tiny_model_dir,
+                                                                     monkeypatch):
+    monkeypatch.delenv("TUNELAB_TRACKING", raising=False)  # MLflow on: pruned trials keep their last evaluation
     # adamw_8bit fails on CPU (the trial is recorded with its error); tiny learning rates are pruned by the median.
     doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
         "strategy": "grid", "pruner": "median", "trials": None, "min_resource": 1,
@@ -95,9 +97,17 @@ def test_pruning_stops_bad_trials_and_failures_do_not_stop_the_study(tmp_path, c
     assert all(int(r["evaluations"]) < 5 for r in pruned)
     summary = json.loads((folder / "sweep.json").read_text())
     assert summary["states"]["complete"] >= 3
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'trials' / 'mlflow.db'}")
+    runs = {r.data.tags["tunelab.trial"]: r for r in client.search_runs([client.get_experiment_by_name("p")
+                                                                        .experiment_id])}
+    for r in pruned:  # the evaluation that pruned it reached the tracker before the trial stopped
+        assert runs[r["trial"]].data.metrics["val_loss"] == pytest.approx(float(r["last_intermediate"]), rel=1e-4)
 
 
-def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, chat_jsonl, tiny_model_dir):
+def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, chat_jsonl, tiny_model_dir,
+                                                                      monkeypatch):
     doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
         "strategy": "tpe", "pruner": "none", "trials": 2,
         "space": {"train.lr": {"type": "log_float", "low": 1e-4, "high": 1e-2}}}, max_steps=2, eval_every=2)
@@ -105,7 +115,9 @@ def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, 
     folder = run_sweep(load_recipe(path), "sweep")
     first = {r["trial"]: r["param:train.lr"] for r in _leaderboard(folder)}
     assert len(first) == 2
-    # Raise the budget to 4 and continue with 2 processes on the same SQLite study.
+    # Raise the budget to 4 and continue with 2 processes on the same SQLite study, both tracking to a new
+    # MLflow store (created by whichever process comes first).
+    monkeypatch.delenv("TUNELAB_TRACKING", raising=False)
     out = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "sweep", path, "sweep.trials=4", "--workers", "2"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -116,6 +128,13 @@ def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, 
         assert {r["trial"]: r["param:train.lr"] for r in rows}[trial] == lr
     # The resumed process and its worker do not replay the seed: four different learning rates.
     assert len({r["param:train.lr"] for r in rows}) == 4
+    # Both processes' trials are in MLflow, in one experiment named after the study, with the data fingerprint.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'trials' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert sorted(r.data.tags["tunelab.trial"] for r in runs) == sorted(r["trial"] for r in rows)[2:]
+    assert all(r.info.status == "FINISHED" and r.data.tags["data.fingerprint"] for r in runs)
 
 
 def test_a_configuration_already_tried_is_not_trained_again(tmp_path, chat_jsonl, tiny_model_dir):

@@ -147,10 +147,17 @@ def grid_configs(sweep: SweepSpec, base: dict[str, Any]) -> list[dict[str, Any]]
     return list(seen.values())
 
 
-def trial_recipe(base: dict[str, Any], params: dict[str, Any], out_dir: str, name: str, metric: str) -> Recipe:
-    """The recipe a trial runs: base + params, its own run folder, the objective as the validation metric."""
+def trial_recipe(base: dict[str, Any], params: dict[str, Any], out_dir: str, name: str, metric: str,
+                 study: str | None = None) -> Recipe:
+    """The recipe a trial runs: base + params, its own run folder, the objective as the validation metric.
+
+    Its MLflow experiment is the study's name (unless the recipe names one), so a tracker shows the trials of
+    one study side by side.
+    """
     doc = apply_params(base, params)
-    doc["output"] = {**doc.get("output", {}), "dir": out_dir, "name": name, "overwrite": True}
+    out = doc.get("output", {})
+    doc["output"] = {**out, "dir": out_dir, "name": name, "overwrite": True,
+                     "experiment": out.get("experiment") or study}
     doc["train"] = {**doc.get("train", {}), "early_stopping_metric": metric, "resume": "never"}
     doc.pop("sweep", None)
     return Recipe.model_validate(doc)

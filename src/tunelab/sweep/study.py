@@ -149,7 +149,8 @@ class _Objective:
         if twin is not None:
             return _reuse(trial, twin)
         name = f"trial-{trial.number:04d}"
-        run_recipe = trial_recipe(self.base, params, str(self.folder / "trials"), name, self.sweep.metric)
+        run_recipe = trial_recipe(self.base, params, str(self.folder / "trials"), name, self.sweep.metric,
+                                  study=self.sweep_name)
         trial.set_user_attr("run_dir", str(self.folder / "trials" / name))
         values: list[float] = []
 

@@ -89,8 +89,15 @@ class MetricsLog:
         self.rows.append(row)
         if self.enabled:
             append_jsonl(self.path, row)
+            # Every listener sees the row (the tracker too) before one that stops the run (a pruner) raises.
+            stop: BaseException | None = None
             for fn in list(_LISTENERS):
-                fn(row)
+                try:
+                    fn(row)
+                except Exception as e:
+                    stop = stop or e
+            if stop is not None:
+                raise stop
 
     def truncate_after(self, step: int) -> None:
         """On resume: keep the rows up to `step` (later ones are re-done) and continue the clock from them."""
