@@ -73,6 +73,7 @@ class _MLflow:
         with _store_lock(recipe.output.dir):
             mlflow.set_tracking_uri(recipe.output.mlflow_uri or default_mlflow_uri(recipe.output.dir))
             mlflow.set_experiment(recipe.output.experiment or recipe_name)
+        self.recipe = recipe
         self.run = mlflow.start_run(run_name=run_dir.name, tags={"tunelab.run_dir": str(run_dir.resolve()), **tags})
         params = {k: json.dumps(v) if isinstance(v, list | dict) else v
                   for k, v in _flatten(recipe.model_dump(mode="json", exclude={"sweep"})).items()}
@@ -93,7 +94,7 @@ class _MLflow:
             mlflow.log_metrics(system)
         manifest = _read(run_dir / "manifest.json")
         data = manifest.get("data", {})
-        tags = {"data.fingerprint": str(data.get("fingerprint"))}
+        tags = {"data.fingerprint": str(data.get("fingerprint"))} if data else _input_file_tags(self.recipe)
         for path, info in (data.get("files") or {}).items():
             tags[f"data.file.{Path(path).name}"] = str(info.get("sha256") if isinstance(info, dict) else info)
         if data.get("dataset"):
@@ -111,6 +112,19 @@ class _MLflow:
             (run_dir / "mlflow_run.json").write_text(json.dumps(
                 {"tracking_uri": mlflow.get_tracking_uri(), "run_id": self.run.info.run_id,
                  "experiment_id": self.run.info.experiment_id}), encoding="utf-8")
+
+
+def _input_file_tags(recipe: Recipe) -> dict[str, str]:
+    """``data.file.<name>: sha256`` of the recipe's data files, for a run stopped before its manifest (a pruned
+    or interrupted trial): what it trained on stays identifiable in the tracker."""
+    from tunelab.util.io import sha256_file
+
+    d = recipe.data
+    tags = {}
+    for path in (d.path, d.validation_path, d.test_path):
+        if path and Path(path).is_file():
+            tags[f"data.file.{Path(path).name}"] = sha256_file(path)
+    return tags
 
 
 class _TensorBoard:

@@ -102,8 +102,13 @@ def test_pruning_stops_bad_trials_and_failures_do_not_stop_the_study(tmp_path, c
     client = MlflowClient(f"sqlite:///{folder / 'trials' / 'mlflow.db'}")
     runs = {r.data.tags["tunelab.trial"]: r for r in client.search_runs([client.get_experiment_by_name("p")
                                                                         .experiment_id])}
+    from tunelab.util.io import sha256_file
+
     for r in pruned:  # the evaluation that pruned it reached the tracker before the trial stopped
-        assert runs[r["trial"]].data.metrics["val_loss"] == pytest.approx(float(r["last_intermediate"]), rel=1e-4)
+        run = runs[r["trial"]]
+        assert run.data.metrics["val_loss"] == pytest.approx(float(r["last_intermediate"]), rel=1e-4)
+        # stopped before its manifest: the data file's hash identifies what it trained on
+        assert run.data.tags[f"data.file.{chat_jsonl.name}"] == sha256_file(chat_jsonl)
 
 
 def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, chat_jsonl, tiny_model_dir,
