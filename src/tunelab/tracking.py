@@ -37,14 +37,18 @@ def default_mlflow_uri(output_dir: str) -> str:
 
 
 @contextmanager
-def _store_lock(output_dir: str) -> Iterator[None]:
-    """An exclusive lock on ``<output_dir>/.mlflow.lock`` (flock; released when the block ends or the process dies)."""
+def _store_lock(uri: str, output_dir: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite store (``<db>.lock``), else ``<output_dir>/.mlflow.lock`` (flock;
+    released when the block ends or the process dies)."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; concurrent first use of a new store stays unprotected there
         yield
         return
-    with open(Path(output_dir) / ".mlflow.lock", "a") as f:
+    db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    lock = Path(f"{db}.lock") if db else Path(output_dir) / ".mlflow.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -70,8 +74,9 @@ class _MLflow:
         Path(recipe.output.dir).mkdir(parents=True, exist_ok=True)
         # Several processes (sweep workers, runs started side by side) may open a new store at once: creating
         # its tables or the same experiment concurrently fails in one of them, so the first steps are serialised.
-        with _store_lock(recipe.output.dir):
-            mlflow.set_tracking_uri(recipe.output.mlflow_uri or default_mlflow_uri(recipe.output.dir))
+        uri = recipe.output.mlflow_uri or default_mlflow_uri(recipe.output.dir)
+        with _store_lock(uri, recipe.output.dir):
+            mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(recipe.output.experiment or recipe_name)
         self.recipe = recipe
         self.run = mlflow.start_run(run_name=run_dir.name, tags={"tunelab.run_dir": str(run_dir.resolve()), **tags})

@@ -99,7 +99,7 @@ def test_pruning_stops_bad_trials_and_failures_do_not_stop_the_study(tmp_path, c
     assert summary["states"]["complete"] >= 3
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{folder / 'trials' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")  # the project's store
     runs = {r.data.tags["tunelab.trial"]: r for r in client.search_runs([client.get_experiment_by_name("p")
                                                                         .experiment_id])}
     from tunelab.util.io import sha256_file
@@ -136,7 +136,7 @@ def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, 
     # Both processes' trials are in MLflow, in one experiment named after the study, with the data fingerprint.
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{folder / 'trials' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")  # the project's store
     runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
     assert sorted(r.data.tags["tunelab.trial"] for r in runs) == sorted(r["trial"] for r in rows)[2:]
     assert all(r.info.status == "FINISHED" and r.data.tags["data.fingerprint"] for r in runs)

@@ -154,10 +154,15 @@ def trial_recipe(base: dict[str, Any], params: dict[str, Any], out_dir: str, nam
     Its MLflow experiment is the study's name (unless the recipe names one), so a tracker shows the trials of
     one study side by side.
     """
+    from tunelab.tracking import default_mlflow_uri
+
     doc = apply_params(base, params)
     out = doc.get("output", {})
+    # Trials track to the project's store (beside every other run: `tunelab track ui` shows them), not to one
+    # inside the study folder.
     doc["output"] = {**out, "dir": out_dir, "name": name, "overwrite": True,
-                     "experiment": out.get("experiment") or study}
+                     "experiment": out.get("experiment") or study,
+                     "mlflow_uri": out.get("mlflow_uri") or default_mlflow_uri(out.get("dir") or "runs")}
     doc["train"] = {**doc.get("train", {}), "early_stopping_metric": metric, "resume": "never"}
     doc.pop("sweep", None)
     return Recipe.model_validate(doc)
