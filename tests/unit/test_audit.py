@@ -247,7 +247,7 @@ _WORDS_C = ("overall", "indeed", "honestly", "sadly", "luckily", "mostly", "rare
 
 
 def test_worker_processes_give_the_same_report(planted, tokenizer, report, monkeypatch):
-    # Chunks of 4 rows: the first runs here, the other five in two spawned workers (language ID and PII).
+    # Chunks of 4 rows, two spawned workers (language ID, PII and token counts).
     import tunelab.data.audit as audit
 
     monkeypatch.setattr(audit, "_CHUNK", 4)
@@ -259,7 +259,9 @@ def test_worker_processes_give_the_same_report(planted, tokenizer, report, monke
     assert len(calls) == len(planted)  # every row's PII found in this process
     calls.clear()
     parallel = audit_examples(planted, REJECTS, workers=2, **kwargs)
-    assert len(calls) == 4  # only the first chunk here; the rest came from the workers
+    # The first chunk runs here, the next three go to the workers; later ones run here only when the
+    # workers are behind (this process then computes them instead of waiting).
+    assert 4 <= len(calls) <= len(planted) - 3 * 4
     assert parallel == serial == report
     assert parallel["pii"]["matches"] > 0 and parallel["languages"]
 
@@ -288,3 +290,37 @@ def test_a_broken_worker_pool_falls_back_to_this_process(planted, tokenizer, rep
                            source={"path": "planted.jsonl", "sha256": "abc123", "format": "chat"}, progress=False,
                            workers=1)
     assert again == report
+
+
+def test_when_the_workers_lag_this_process_computes_chunks_itself(planted, tokenizer, report, monkeypatch):
+    import concurrent.futures
+
+    import tunelab.data.audit as audit
+
+    class Lagging:  # a pool whose futures are never done until asked for their result
+        submitted: list = []
+
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, arg):
+            self.submitted.append(len(arg))
+            return type("F", (), {"done": lambda self: False, "result": lambda self: fn(arg)})()
+
+    calls = []
+    monkeypatch.setattr(audit, "_CHUNK", 4)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Lagging)
+    monkeypatch.setattr(audit, "_features", lambda exs, f=audit._features: calls.append(len(exs)) or f(exs))
+    again = audit_examples(planted, REJECTS, tokenizer=tokenizer, max_length=80, eval_texts=[_EVAL, "unrelated"],
+                           source={"path": "planted.jsonl", "sha256": "abc123", "format": "chat"}, progress=False,
+                           workers=1)
+    assert again == report
+    # 20 usable rows = 5 chunks: the first goes through the sections; 2 and 3 were submitted; with the
+    # oldest never done, 4 and 5 were computed here at once; each chunk's features computed exactly once
+    assert Lagging.submitted == [4, 4] and calls == [4, 4, 4, 4]

@@ -435,7 +435,10 @@ def _with_features(chunks: Iterable[list], workers: int, tokenizer: Any) -> Iter
                              initargs=(tokenizer,)) as pool:
         window: deque = deque()
         for chunk in it:
-            window.append((chunk, _submit(pool, chunk)))
+            # When the workers are behind (the oldest chunk is not done), this process computes the chunk's
+            # features itself instead of waiting: the share of work balances itself (main waited ~30% before).
+            behind = len(window) > workers and not _ready(window[0][1])
+            window.append((chunk, _features([ex for _, ex in chunk]) if behind else _submit(pool, chunk)))
             if len(window) > workers + 1:
                 yield _settled(*window.popleft())
         while window:
@@ -451,12 +454,19 @@ def _submit(pool: Any, chunk: list) -> Any:
         return None
 
 
+def _ready(future: Any) -> bool:
+    return not hasattr(future, "done") or future.done()  # features computed here, or a broken pool, are ready
+
+
 def _settled(chunk: list, future: Any) -> tuple[list, list | None]:
-    """A chunk with its workers' features, or with None (computed here) when the pool broke (a killed worker)."""
+    """A chunk with its features (from a worker, or computed here), or with None (computed by the sections)
+    when the pool broke (a killed worker)."""
     from concurrent.futures.process import BrokenProcessPool
 
+    if future is None or isinstance(future, list):
+        return chunk, future
     try:
-        return chunk, future.result() if future is not None else None
+        return chunk, future.result()
     except BrokenProcessPool:
         return chunk, None
 
