@@ -266,21 +266,25 @@ def test_worker_processes_give_the_same_report(planted, tokenizer, report, monke
     assert parallel["pii"]["matches"] > 0 and parallel["languages"]
 
 
+class _FakePool:
+    """Stands in for ProcessPoolExecutor (same constructor and context manager); subclasses define submit."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_a_broken_worker_pool_falls_back_to_this_process(planted, tokenizer, report, monkeypatch):
     import concurrent.futures
 
     import tunelab.data.audit as audit
 
-    class Broken:
-        def __init__(self, *a, **k):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
+    class Broken(_FakePool):
         def submit(self, *a, **k):
             raise concurrent.futures.process.BrokenProcessPool("a worker was killed")
 
@@ -297,17 +301,8 @@ def test_when_the_workers_lag_this_process_computes_chunks_itself(planted, token
 
     import tunelab.data.audit as audit
 
-    class Lagging:  # a pool whose futures are never done until asked for their result
+    class Lagging(_FakePool):  # a pool whose futures are never done until asked for their result
         submitted: list = []
-
-        def __init__(self, *a, **k):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
 
         def submit(self, fn, arg):
             self.submitted.append(len(arg))
