@@ -52,11 +52,22 @@ def test_continuous_batching_matches_sequential_generate(engine_parts, tokenizer
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     lengths = [6 + 3 * i for i in range(len(prompts))]  # rows finish at different steps
 
-    async def all_requests():
-        return await asyncio.gather(*[generate(engine, "tiny-base", p, 0.02 * i, str(i), max_tokens=n, temperature=0)
-                                      for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))])
+    async def collect(stream):
+        return [e.token_id async for e in stream], stream.finish.reason
 
-    results = run(engine, all_requests)
+    async def main():
+        # Queue all six before the scheduler thread starts, so batching does not depend on how fast this
+        # machine is: three rows prefill together, and each later request joins the running batch when a
+        # shorter row finishes (a staggered-arrival version of this test flaked on a loaded CI box).
+        streams = [engine.submit(GenerationRequest(str(i), "tiny-base", p, SamplingParams(max_tokens=n, temperature=0)))
+                   for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))]
+        await engine.start()
+        try:
+            return await asyncio.gather(*[collect(s) for s in streams])
+        finally:
+            await engine.stop()
+
+    results = asyncio.run(main())
     base = modules[catalog.models["tiny-base"].weights].model
     with base.disable_adapter(), torch.inference_mode():
         expected = [reference(base, p, n) for p, n in zip(prompts, lengths, strict=True)]
