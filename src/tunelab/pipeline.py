@@ -178,23 +178,35 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         "metrics": {"base": ev.get("base"), "tuned": ev.get("tuned")},
         "baselines": ev.get("baselines"), "general": ev.get("general"), "gate": ev.get("gate"),
         "bias": ev.get("bias"), "judge": ev.get("judge"), "human": ev.get("human"),
+        "deploy": _read_json(run / "deploy.json"),
         "samples": _read_jsonl(run / "eval" / "samples.jsonl")[:8],
     }
     return write_report(run, data)
 
 
-def run(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) -> Path:
-    """Everything the recipe names, in order: train → evaluate (base vs tuned, baselines, forgetting) → gate → report.
+def finish(run_dir: Path, recipe: Recipe) -> Path:
+    """After training: evaluate (base vs tuned, baselines, forgetting) → gate → deploy.merge → report → deploy.serve.
 
-    The gate's decision is in RUN/eval/gate.json; `tunelab run` turns a blocked gate into exit code 3
-    (:func:`tunelab.evaluation.gate.gate_exit_code`).
+    The report is written before serving starts (serving runs until interrupted), so it already says what the
+    gate decided and what was deployed (RUN/deploy.json).
     """
+    from tunelab.deploy import deploy_merge, deploy_serve
     from tunelab.tracking import log_evaluation
 
-    run_dir = train(recipe, recipe_name, resume=resume)
     if recipe.eval.enabled:
         evaluate(run_dir)
+    record = deploy_merge(run_dir, recipe)
     html, _ = build_report(run_dir)
     log_evaluation(run_dir)
     console.print(f"report: [bold]{html}[/]")
+    deploy_serve(run_dir, recipe, record)
     return run_dir
+
+
+def run(recipe: Recipe, recipe_name: str = "run", resume: str | bool = False) -> Path:
+    """Everything the recipe names, in order: train → evaluate → gate → deploy (see :func:`finish`) → report.
+
+    The gate's decision is in RUN/eval/gate.json; `tunelab run` turns a blocked gate into exit code 3
+    (:func:`tunelab.evaluation.gate.gate_exit_code`), and a blocked gate skips the deploy steps.
+    """
+    return finish(train(recipe, recipe_name, resume=resume), recipe)

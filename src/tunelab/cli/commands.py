@@ -70,7 +70,6 @@ def _print_estimate(est: dict, title: str, trials: int | None = None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from tunelab import pipeline
     from tunelab.evaluation.gate import gate_exit_code
-    from tunelab.tracking import log_evaluation
 
     recipe, name = _recipe(args)
     if args.dry_run:
@@ -82,13 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code, run_name = _launch_distributed(args, recipe, name)
         if code != 0:
             return code
-        run_dir = Path(recipe.output.dir) / run_name
-        if recipe.eval.enabled:
-            pipeline.evaluate(run_dir)
-        html, _ = pipeline.build_report(run_dir)
-        log_evaluation(run_dir)
-        console.print(f"report: [bold]{html}[/]")
-        return gate_exit_code(run_dir)
+        return gate_exit_code(pipeline.finish(Path(recipe.output.dir) / run_name, recipe))
     return gate_exit_code(pipeline.run(recipe, name, resume=args.resume or False))  # 3 when the gate blocks
 
 
@@ -207,11 +200,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tunelab import pipeline
     from tunelab.errors import TunelabError
     from tunelab.models import is_run_dir
+    from tunelab.tracking import log_evaluation
 
     if not is_run_dir(args.run_dir):
         raise TunelabError(f"'{args.run_dir}' is not a finished tunelab run folder",
                            fix="pass a folder created by `tunelab train` or `tunelab run`")
-    from tunelab.tracking import log_evaluation
 
     pipeline.evaluate(args.run_dir, args.overrides)
     html, _ = pipeline.build_report(args.run_dir)

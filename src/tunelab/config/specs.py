@@ -1157,6 +1157,29 @@ class ServeSpec(_Spec):
         return self
 
 
+class DeploySpec(_Spec):
+    """What `tunelab run` does once the gate has decided (docs/evaluation.md, Gate and deployment)."""
+
+    merge: bool = Field(
+        False, description="When the gate passes (or the recipe has none): merge the adapter into a standalone "
+        "Transformers folder (`tunelab merge`, with its logit parity check); full/freeze weights are re-saved as is. "
+        "Prompt-learning and bottleneck methods cannot be merged."
+    )
+    merge_dir: str | None = Field(None, description="Where the merged model goes (default: RUN/merged).")
+    merge_dtype: Literal["fp32", "bf16"] = Field("fp32", description="Weight dtype of the merged folder.")
+    serve: bool = Field(
+        False, description="When the gate passes (or the recipe has none): serve the run (the merged folder when "
+        "deploy.merge is on) with the recipe's serve: settings until interrupted. A blocked gate skips it and "
+        "`tunelab run` exits 3."
+    )
+
+    @model_validator(mode="after")
+    def _dir(self) -> DeploySpec:
+        if self.merge_dir is not None and not self.merge:
+            raise ValueError("merge_dir is set but merge is false")
+        return self
+
+
 class Recipe(_Spec):
     data: DataSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -1178,6 +1201,8 @@ class Recipe(_Spec):
         "e.g. ['tuned.macro_f1 >= 0.8', 'general.worst.perplexity <= 5%']; `tunelab run` exits 3 when one "
         "fails (grammar in docs/evaluation.md, Gate)."
     )
+    deploy: DeploySpec = Field(default_factory=DeploySpec, description="After the gate: merge and/or serve "
+                               "the run when it passes; skipped (and recorded) when it blocks.")
 
     @field_validator("gate", mode="before")
     @classmethod
@@ -1203,6 +1228,10 @@ class Recipe(_Spec):
             raise TunelabError("prompting baselines need prompts with answers; continued pretraining evaluates "
                                "perplexity on raw text", where="eval.baselines.enabled",
                                fix="set eval.baselines.enabled=false (eval.general works for pretraining)")
+        if self.deploy.merge or self.deploy.serve:
+            from tunelab.deploy import check_deploy
+
+            check_deploy(self)
         if not self.gate:
             return self
         from tunelab.evaluation.gate import check_recipe_gate

@@ -105,6 +105,7 @@ class ReportContent:
     tradeoff_caption: str | None = None
     gate_passed: bool | None = None
     gate_table: Table | None = None
+    deploy_table: Table | None = None  # what the run did after the gate (RUN/deploy.json)
     people: list = field(default_factory=list)  # report.people.PeopleSection: bias, judge, human
 
 
@@ -353,7 +354,25 @@ def _comparison(data: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]
     gate = _dict(data.get("gate"))
     return {"variants_table": variants_table(ev), "general_table": general_table(ev),
             "tradeoff_caption": tradeoff_sentence(ev) if ev["general"] else None,
-            "gate_passed": bool(gate["passed"]) if "passed" in gate else None, "gate_table": gate_table(gate)}
+            "gate_passed": bool(gate["passed"]) if "passed" in gate else None, "gate_table": gate_table(gate),
+            "deploy_table": _deploy_table(_dict(data.get("deploy")))}
+
+
+def _deploy_table(record: dict[str, Any]) -> Table | None:
+    """One row per deploy step: done (where to), started (the server's address) or skipped (why)."""
+    rows = []
+    for step, info in _dict(record.get("steps")).items():
+        if info.get("status") == "skipped":
+            detail = info.get("why", "")
+        elif step == "merge":
+            diff = _dict(info.get("max_abs_logit_diff")).get("saved_vs_adapter")
+            detail = f"{info.get('out')} ({info.get('dtype')}; max logit difference {diff:.3g})" if diff is not None \
+                else str(info.get("out"))
+        else:
+            detail = f"{info.get('model')} on {info.get('host')}:{info.get('port')}" + (
+                " (the server starts once this report is written)" if info.get("status") == "pending" else "")
+        rows.append((step, str(info.get("status")), detail))
+    return Table(("step", "status", "detail"), rows, ("l", "l", "l")) if rows else None
 
 
 def _people(data: dict[str, Any]) -> list:

@@ -118,11 +118,12 @@ def _people(s) -> str:
 
 
 def _gate(c: ReportContent) -> str:
+    deploy = ("<h3>Deployment</h3>" + _table(c.deploy_table)) if c.deploy_table is not None else ""
     if c.gate_table is None:
-        return ""
+        return _section("Deployment", _table(c.deploy_table)) if deploy else ""
     word = "PASSED: the run may ship" if c.gate_passed else "BLOCKED: at least one rule failed"
     trend = "up" if c.gate_passed else "down"
-    return _section("Gate", f'<p class="delta {trend}">{_e(word)}</p>' + _table(c.gate_table))
+    return _section("Gate", f'<p class="delta {trend}">{_e(word)}</p>' + _table(c.gate_table) + deploy)
 
 
 def render_page(title: str, sections: list[tuple[str, list[Table | bytes | str | None]]]) -> str:

@@ -107,10 +107,11 @@ def _people(s) -> list[str]:
 
 
 def _gate(c: ReportContent) -> list[str]:
+    deploy = ["### Deployment", "", *_table(c.deploy_table)] if c.deploy_table is not None else []
     if c.gate_table is None:
-        return []
+        return ["## Deployment", "", *_table(c.deploy_table)] if deploy else []
     word = "**PASSED**: the run may ship." if c.gate_passed else "**BLOCKED**: at least one rule failed."
-    return ["## Gate", "", word, "", *_table(c.gate_table)]
+    return ["## Gate", "", word, "", *_table(c.gate_table), *deploy]
 
 
 def _throughput(c: ReportContent) -> list[str]:
