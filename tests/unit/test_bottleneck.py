@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from method_helpers import train_steps
 from safetensors.torch import load_file
 
 from tunelab.cli.main import main
@@ -19,7 +20,6 @@ from tunelab.methods import MERGEABLE, METHODS, apply_method, count_parameters, 
 from tunelab.methods.bottleneck import CONFIG_NAME, WEIGHTS_NAME, BottleneckModel, bottleneck_width
 from tunelab.models import load_causal_lm, load_run_model
 from tunelab.training.batching import collate
-from tunelab.training.loss import supervised_nll
 
 FAST = ["model.precision=fp32", "model.threads=1", "output.tracking=[]"]
 
@@ -51,20 +51,6 @@ def _logits(model, batch) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-def _train(model, batch, lr: float = 1e-2, steps: int = 6) -> list[float]:
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss, n = supervised_nll(model, batch)
-        (loss / n).backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(loss.detach()) / n)
-    model.eval()
-    return losses
-
-
 def _error(fn) -> TunelabError:
     with pytest.raises(TunelabError) as e:
         fn()
@@ -93,7 +79,7 @@ def test_only_the_adapters_train_and_the_loss_falls(tiny_model_dir, tokenizer):
     assert trainable and all(n.startswith("bottleneck.") for n in trainable)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    losses = _train(model, _batch(tokenizer))
+    losses = train_steps(model, _batch(tokenizer))
     assert losses[-1] < losses[0]
     for n, p in model.named_parameters():
         if n in trainable:
@@ -121,7 +107,7 @@ def trained(tiny_model_dir, tokenizer, tmp_path_factory):
     recipe = _recipe(tiny_model_dir, "method.bottleneck.placement=houlsby", "method.bottleneck.dropout=0.1")
     model = apply_method(load_causal_lm(str(tiny_model_dir)), recipe.method)
     batch = _batch(tokenizer)
-    _train(model, batch, steps=3)
+    train_steps(model, batch, steps=3)
     torch.set_num_threads(threads)
     run = tmp_path_factory.mktemp("bottleneck") / "run"
     run.mkdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import train_steps
 
 from tunelab.cli.main import main
 from tunelab.config import load_recipe
@@ -69,20 +70,6 @@ def _batch(tokenizer):
     return collate(rows, "length_grouped", tokenizer.pad_token_id, 0)
 
 
-def _train(model, batch, lr: float, steps: int = 6) -> list[float]:
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss, n = supervised_nll(model, batch)
-        (loss / n).backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(float(loss.detach()) / n)
-    model.eval()
-    return losses
-
-
 @torch.no_grad()
 def _logits(model, batch) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -99,7 +86,7 @@ def _trained_run(tiny_model_dir, tokenizer, tmp_path, case: str):
     recipe = _recipe(tiny_model_dir, case)
     model = apply_method(load_causal_lm(str(tiny_model_dir)), recipe.method)
     batch = _batch(tokenizer)
-    _train(model, batch, CASES[case][1], steps=3)
+    train_steps(model, batch, CASES[case][1], steps=3)
     run = tmp_path / case
     _save_run(model, recipe, tokenizer, run)
     return model, run, batch
@@ -121,7 +108,7 @@ def test_method_trains_its_parameters_only_and_lowers_the_loss(case, tiny_model_
     assert names and all(_expected_trainable(case, n) for n in names)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    losses = _train(model, _batch(tokenizer), CASES[case][1])
+    losses = train_steps(model, _batch(tokenizer), CASES[case][1])
     assert losses[-1] < losses[0]
     for n, p in model.named_parameters():
         if n in names:
@@ -306,5 +293,5 @@ def test_qlora_trains_on_a_4bit_base(tiny_model_dir, tokenizer):
     assert getattr(model, "is_loaded_in_4bit", False)
     batch = {k: v.cuda() for k, v in _batch(tokenizer).items()}
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        losses = _train(model, batch, 1e-2)
+        losses = train_steps(model, batch, 1e-2)
     assert losses[-1] < losses[0]
