@@ -31,6 +31,16 @@ def _launch_distributed(args: argparse.Namespace, recipe, name: str) -> tuple[in
     return launch(args.nproc, argv), run_name
 
 
+def _check_processes(args: argparse.Namespace, recipe) -> None:
+    """Refuse what cannot run with ``--nproc`` before starting any process (one line, exit 2, rather than N
+    workers failing under torchrun)."""
+    if _is_distributed_child():
+        return
+    from tunelab.training.deepspeed import check_launch
+
+    check_launch(recipe, getattr(args, "nproc", 1))
+
+
 def _is_distributed_child() -> bool:
     import os
 
@@ -77,6 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         _print_estimate(estimate_run(recipe), f"dry run: {name} (nothing was written)")
         return 0
+    _check_processes(args, recipe)
     if getattr(args, "nproc", 1) > 1 and not _is_distributed_child():
         code, run_name = _launch_distributed(args, recipe, name)
         if code != 0:
@@ -94,6 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         _print_estimate(estimate_run(recipe), f"dry run: {name} (nothing was written)")
         return 0
+    _check_processes(args, recipe)
     if args.nproc > 1 and not _is_distributed_child():
         return _launch_distributed(args, recipe, name)[0]
     run_dir = pipeline.train(recipe, name, resume=args.resume or False)

@@ -35,6 +35,7 @@ __all__ = [
     "MethodSpec",
     "ModelSpec",
     "OutputSpec",
+    "PPOSpec",
     "PreferenceSpec",
     "PrefixSpec",
     "PromptSpec",
@@ -582,25 +583,26 @@ class TrainSpec(_Spec):
         description="'length_grouped' batches similar lengths (little padding), 'packed' concatenates "
         "examples with per-document attention, 'padded' pads every batch to max_length (the slow baseline).",
     )
-    objective: Literal["sft", "pretrain", "classify", "preference", "reward", "grpo", "rloo"] = Field(
+    objective: Literal["sft", "pretrain", "classify", "preference", "reward", "grpo", "rloo", "ppo"] = Field(
         "sft", description="What is learned (docs/objectives.md): 'sft' next-token loss on the assistant turns "
         "(all tokens for plain text); 'pretrain' next-token loss on plain text packed into blocks (perplexity "
         "evaluation); 'classify' a new sequence-classification head on the model (encoder or decoder), "
         "evaluated by accuracy and macro-F1; 'preference' DPO-family/ORPO/SimPO/KTO on preference data "
         "(the `preference` section; docs/preferences.md); 'reward' a reward model (scalar head, Bradley-Terry "
-        "loss on pairs; pairwise accuracy on held-out pairs); 'grpo' / 'rloo' online RL from prompts with the "
-        "rewards of the `rl` section (docs/preferences.md)."
+        "loss on pairs; pairwise accuracy on held-out pairs); 'grpo' / 'rloo' / 'ppo' online RL from prompts with "
+        "the rewards of the `rl` section (PPO with a value head; docs/preferences.md)."
     )
     curriculum: Literal["none", "length", "score"] = Field(
         "none", description="Order of the first epoch: 'length' shortest rows first, 'score' lowest "
         "data.score_column first (easy to hard, in consecutive batches); later epochs are shuffled as usual."
     )
-    sharding: Literal["none", "fsdp"] = Field(
+    sharding: Literal["none", "fsdp", "deepspeed"] = Field(
         "none", description="How a data-parallel run (--nproc N > 1) holds the model: 'none' every process keeps "
         "all weights, gradients and optimizer state (one gradient all-reduce per step); 'fsdp' shards them over "
         "the processes with PyTorch FSDP2 (one unit per decoder layer plus the rest), so each holds 1/N of them "
-        "and all-gathers a layer only while it runs. Same update either way. sft/pretrain with full, freeze, "
-        "lora or ia3 (docs/training.md). No effect with one process."
+        "and all-gathers a layer only while it runs (sft/pretrain with full, freeze, lora or ia3; no effect with "
+        "one process); 'deepspeed' partitions them with DeepSpeed ZeRO (train.deepspeed_zero_stage; sft/pretrain; "
+        "needs --nproc 2 or more). All three give the same update (docs/training.md)."
     )
     fsdp_reshard_after_forward: bool = Field(
         True, description="train.sharding=fsdp: free each layer's gathered weights after its forward and gather "
@@ -614,6 +616,41 @@ class TrainSpec(_Spec):
         False, description="train.sharding=fsdp on CUDA: keep parameter, gradient and optimizer shards in CPU "
         "memory and run the optimizer step there (FSDP2 CPUOffloadPolicy; far less GPU memory, slower)."
     )
+    deepspeed_zero_stage: Literal[1, 2, 3] = Field(
+        2, description="train.sharding=deepspeed: the ZeRO stage. 1 partitions the optimizer state over the "
+        "processes, 2 also the gradients, 3 also the weights (each module's weights gathered while it runs)."
+    )
+    deepspeed_offload_optimizer: bool = Field(
+        False, description="train.sharding=deepspeed on CUDA: keep the optimizer state (and fp32 master weights) "
+        "in CPU memory and run the optimizer step there (ZeRO-Offload; less GPU memory, slower)."
+    )
+    deepspeed_offload_params: bool = Field(
+        False, description="train.sharding=deepspeed with deepspeed_zero_stage=3 on CUDA: keep the weight "
+        "partitions in CPU memory between uses (ZeRO-3 parameter offload)."
+    )
+    deepspeed_config: str | None = Field(
+        None, description="train.sharding=deepspeed: path of a DeepSpeed JSON config merged over the generated one "
+        "(bucket sizes, overlap_comm, ...). Keys tunelab sets from the recipe (batch sizes, accumulation, "
+        "clipping, ZeRO stage, offload devices, bf16) must agree with it; optimizer, scheduler and fp16 are refused."
+    )
+
+    @model_validator(mode="after")
+    def _deepspeed_keys(self) -> TrainSpec:
+        # Checked at load for every objective: only the sft/pretrain loop reads these keys (the other recipes
+        # would ignore them silently).
+        if self.sharding == "deepspeed" and self.objective not in ("sft", "pretrain"):
+            raise TunelabError(f"train.sharding=deepspeed is not supported with train.objective={self.objective} "
+                               "(that recipe trains through TRL or its own loop, replicated only)",
+                               where="train.sharding, train.objective",
+                               fix="use train.sharding=none, or one of: sft, pretrain")
+        defaults = {"deepspeed_zero_stage": 2, "deepspeed_offload_optimizer": False,
+                    "deepspeed_offload_params": False, "deepspeed_config": None}
+        for key, default in defaults.items():
+            if self.sharding != "deepspeed" and getattr(self, key) != default:
+                raise TunelabError(f"train.{key} is set but train.sharding is '{self.sharding}'",
+                                   where=f"train.{key}, train.sharding",
+                                   fix=f"set train.sharding=deepspeed, or remove train.{key}")
+        return self
 
 
 _COT_INSTRUCTION = "Think step by step, then give your final answer on the last line as 'Answer: X'."
@@ -1014,27 +1051,56 @@ class RewardSpec(_Spec):
         return self
 
 
+class PPOSpec(_Spec):
+    """PPO (``train.objective: ppo``): the value head, GAE and the update passes (docs/preferences.md, PPO)."""
+
+    epochs: int = Field(4, ge=1, description="Optimisation passes over each rollout (PPO epochs).")
+    minibatch_size: int | None = Field(
+        None, ge=1, description="Completions per optimizer update within a pass (null: the whole rollout, "
+        "train.batch_size x train.grad_accum); must divide the rollout. Forward passes take train.batch_size "
+        "completions at a time."
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount over completion tokens in GAE.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (1: Monte Carlo return minus the value; 0: "
+                       "one-step temporal difference).")
+    cliprange_value: float = Field(0.2, gt=0, description="The value prediction moves at most this far from "
+                                   "its rollout estimate per update (clipped value loss).")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
+    kl_target: float | None = Field(
+        None, gt=0, description="Adaptive KL control (Ziegler et al. 2019): the KL per completion to aim at; "
+        "rl.beta is then only the starting coefficient (null: rl.beta stays fixed)."
+    )
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL control: completions over which the "
+                            "coefficient's correction is spread.")
+    missing_eos_penalty: float | None = Field(
+        None, ge=0, description="Subtracted from the score of a completion that hits rl.max_completion_length "
+        "without ending (null: off)."
+    )
+
+
 class RLSpec(_Spec):
-    """Online RL (``train.objective: grpo | rloo``): rewards, KL control, sampling."""
+    """Online RL (``train.objective: grpo | rloo | ppo``): rewards, KL control, sampling."""
 
     rewards: list[RewardSpec] = Field(
         default_factory=list, description="The rewards, summed with their weights: entries {type, weight, name, "
         "json_schema, partial, pattern, target, column, model, function} (see RewardSpec in docs/preferences.md)."
     )
     beta: float = Field(0.04, ge=0, description="KL coefficient against the reference policy (0: no reference "
-                        "forward, no KL control). GRPO adds beta*KL to the loss, RLOO subtracts it from the reward.")
+                        "forward, no KL control). GRPO adds beta*KL to the loss, RLOO subtracts it from the reward, "
+                        "PPO from every token's reward (the start value when rl.ppo.kl_target is set).")
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group whose mean "
-                                 "reward is the baseline).")
+                                 "reward is the baseline); GRPO/RLOO only (PPO samples one per prompt).")
     max_completion_length: int = Field(64, ge=1, description="Generation budget per completion (tokens).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this "
                          "probability mass (1: off).")
     top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens only (0: off).")
     epsilon: float = Field(0.2, gt=0, description="Clipping range of the probability ratio (PPO-style).")
-    num_iterations: int = Field(1, ge=1, description="Optimisation passes over each batch of completions.")
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes over each batch of completions "
+                                "(GRPO/RLOO; PPO: rl.ppo.epochs).")
     loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
         "dapo", description="GRPO loss aggregation (TRL): 'dapo' tokens of the whole batch, 'grpo' per-sequence "
-        "mean, 'dr_grpo' a constant, 'bnpo' tokens of the micro-batch. RLOO has one loss and ignores it."
+        "mean, 'dr_grpo' a constant, 'bnpo' tokens of the micro-batch. RLOO and PPO ignore it."
     )
     reference_model: str | None = Field(
         None, description="Reference policy for the KL term: null = the policy's starting weights (the PEFT "
@@ -1043,11 +1109,15 @@ class RLSpec(_Spec):
     )
     eval_prompts: int = Field(32, ge=0, description="Held-out prompts (validation split) answered greedily "
                               "before and after training; their mean reward is logged (0: skip).")
+    ppo: PPOSpec = Field(default_factory=PPOSpec, description="PPO only (train.objective=ppo): value head, GAE, "
+                         "update passes, adaptive KL.")
 
     @model_validator(mode="after")
     def _kl(self) -> RLSpec:
         if self.reference_model and self.beta == 0:
             raise ValueError("reference_model is used only for the KL term, but beta is 0")
+        if self.ppo.kl_target is not None and self.beta == 0:
+            raise ValueError("ppo.kl_target adapts beta multiplicatively, and beta 0 would stay 0")
         return self
 
 
@@ -1190,7 +1260,7 @@ class Recipe(_Spec):
     sweep: SweepSpec | None = Field(None, description="Hyperparameter search (`tunelab sweep`).")
     preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="Preference objective "
                                        "(train.objective=preference): loss, beta, reference policy.")
-    rl: RLSpec = Field(default_factory=RLSpec, description="Online RL (train.objective=grpo or rloo): rewards, "
+    rl: RLSpec = Field(default_factory=RLSpec, description="Online RL (train.objective=grpo, rloo or ppo): rewards, "
                        "KL coefficient, sampling settings.")
     reward_model: RewardModelSpec = Field(default_factory=RewardModelSpec, description="Reward-model training "
                                           "(train.objective=reward).")
@@ -1277,12 +1347,17 @@ class Recipe(_Spec):
     @model_validator(mode="after")
     def _online_rl(self) -> Recipe:
         t, rl = self.train, self.rl
-        if t.objective not in ("grpo", "rloo"):
+        if t.objective not in ("grpo", "rloo", "ppo"):
             return self
         if not rl.rewards:
             raise TunelabError(f"train.objective={t.objective} needs at least one reward", where="rl.rewards",
                                fix="add e.g. rl.rewards: [{type: json_valid}] (docs/preferences.md)")
-        if (t.batch_size * t.grad_accum) % rl.num_generations:
+        if t.objective == "ppo" and rl.ppo.minibatch_size and (t.batch_size * t.grad_accum) % rl.ppo.minibatch_size:
+            raise TunelabError(f"rl.ppo.minibatch_size ({rl.ppo.minibatch_size}) does not divide the rollout "
+                               f"(train.batch_size x train.grad_accum = {t.batch_size * t.grad_accum} completions)",
+                               where="rl.ppo.minibatch_size", fix="use a divisor of the rollout, or null for one "
+                               "update per pass over it")
+        if t.objective != "ppo" and (t.batch_size * t.grad_accum) % rl.num_generations:
             raise TunelabError(f"train.batch_size x train.grad_accum ({t.batch_size * t.grad_accum} completions per "
                                f"step) is not a multiple of rl.num_generations ({rl.num_generations})",
                                where="train.batch_size, rl.num_generations",

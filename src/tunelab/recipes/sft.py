@@ -1,10 +1,11 @@
 """Instruction SFT: assistant-only loss, any method, gradient accumulation, warmup + schedule, periodic
 validation with early stopping on any metric, exact-resume checkpoints (SIGINT/SIGTERM save one), data-parallel
-training over torch.distributed (replicated, or sharded with FSDP: tunelab.training.fsdp), metrics.jsonl, and a
-self-describing run folder."""
+training over torch.distributed (replicated, sharded with FSDP: tunelab.training.fsdp, or partitioned with DeepSpeed
+ZeRO: tunelab.training.deepspeed), metrics.jsonl, and a self-describing run folder."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -33,6 +34,7 @@ from tunelab.recipes.common import (
     write_run_manifest,
 )
 from tunelab.training import checkpoint as ckpt
+from tunelab.training import deepspeed as zero
 from tunelab.training import fsdp
 from tunelab.training.batching import collate, plan_batches
 from tunelab.training.distributed import DistContext
@@ -98,6 +100,7 @@ class SFTRecipe:
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.dist.is_main)
         self.ckpt_root = run_dir / "checkpoints"
         self._signal: int | None = None
+        self.engine: zero.ZeroEngine | None = None  # train.sharding=deepspeed with several processes
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -117,6 +120,7 @@ class SFTRecipe:
         self.total_steps = self._total_steps()
         self.optimizer, self.scheduler = prepare_training(self.model, r, self.total_steps,
                                                           self.run_dir if self.dist.is_main else None)
+        self.engine = self._deepspeed()
         self.fingerprint = ckpt.config_fingerprint(r.model_dump(mode="json"))
         if self.resume:
             self._resume()
@@ -134,6 +138,7 @@ class SFTRecipe:
         from tunelab.methods import preflight
 
         preflight(recipe)
+        zero.preflight(recipe)  # train.sharding=deepspeed vs method, optimizer, offload and its config file
 
     def _build_model(self) -> torch.nn.Module:
         from tunelab.methods import base_dtype, load_base_model
@@ -176,10 +181,23 @@ class SFTRecipe:
                       f"{self.dist.world} processes")
         return fsdp.shard_model(model, self.recipe.train, self.device, self.dist.world)
 
+    def _deepspeed(self) -> zero.ZeroEngine | None:
+        """The DeepSpeed engine with train.sharding=deepspeed and several processes, else None (after the optimizer
+        and schedule exist: ZeRO takes over the optimizer's parameter groups)."""
+        if self.recipe.train.sharding != "deepspeed":
+            return None
+        if not self.dist.enabled:  # the CLI refuses this; a dry run or a Python caller trains unpartitioned
+            console.print("train.sharding=deepspeed: one process, nothing to partition (the model stays whole)")
+            return None
+        return zero.initialize(self.model, self.optimizer, self.recipe, self.device, self.precision,
+                               self.dist.world, self.dist.rank)
+
     def _call(self, fn, *args, **kwargs):
-        """``fn(model, ...)``; through the FSDP root when sharded, so that FSDP gathers the weights around it."""
-        if self.sharded is not None:
-            return self.sharded(fn, *args, **kwargs)
+        """``fn(model, ...)``; through the FSDP root or the DeepSpeed engine when there is one, so that they gather
+        the weights around it."""
+        runner = self.sharded if self.sharded is not None else self.engine
+        if runner is not None:
+            return runner(fn, *args, **kwargs)
         return fn(self.model, *args, **kwargs)
 
     def _steps_per_epoch(self) -> int:
@@ -199,15 +217,31 @@ class SFTRecipe:
             console.print(f"no checkpoint in {self.ckpt_root}: starting from step 0")
             return
         ckpt.check_compatible(found, self.fingerprint)
-        place = fsdp.place_like if self.sharded is not None else None
-        best = ckpt.load_checkpoint(found, self.model, self.optimizer, self.scheduler, place=place)
+        if self.engine is not None:  # DeepSpeed's own files: every rank reads its optimizer partition
+            self.state.best_weights = self.engine.load_checkpoint(found, self.scheduler)
+        else:
+            place = fsdp.place_like if self.sharded is not None else None
+            best = ckpt.load_checkpoint(found, self.model, self.optimizer, self.scheduler, place=place)
+            self.state.best_weights = fsdp.place_all(best, self.model) if place else best
         self.state.restore(found.state)
-        self.state.best_weights = fsdp.place_all(best, self.model) if place else best
         self.metrics.truncate_after(found.step)
         console.print(f"resumed from {found.path} (step {found.step}/{self.total_steps}, epoch {self.state.epoch})")
 
     def save_checkpoint(self) -> Path | None:
         """Write a resumable checkpoint of the current step (main process writes); prune old ones."""
+        s = self.state
+        meta = {**s.counters(), "config": self.fingerprint, "total_steps": self.total_steps}
+        if self.engine is not None:  # collective: DeepSpeed writes every rank's optimizer partition, then rank 0 ours
+            path = self.engine.save_checkpoint(self.ckpt_root, s.step, self.scheduler, meta, s.best_weights,
+                                               self.dist.barrier)
+        else:
+            path = self._save_whole_checkpoint(meta)
+        if self.dist.is_main:
+            ckpt.prune_checkpoints(self.ckpt_root, self.recipe.train.save_total_limit, s.best_step)
+        return path
+
+    def _save_whole_checkpoint(self, meta: dict[str, Any]) -> Path | None:
+        """The checkpoint of a replicated or FSDP run: whole tensors, written by the main process."""
         s = self.state
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         trainable, optimizer, best = dict(zip(names, self.trainable, strict=True)), self.optimizer, s.best_weights
@@ -217,11 +251,8 @@ class SFTRecipe:
             best = fsdp.gather_full(best, keep) if best is not None else None
         if not self.dist.is_main:
             return None
-        path = ckpt.save_checkpoint(
-            self.ckpt_root, step=s.step, trainable=trainable, optimizer=optimizer, scheduler=self.scheduler,
-            state={**s.counters(), "config": self.fingerprint, "total_steps": self.total_steps}, best=best)
-        ckpt.prune_checkpoints(self.ckpt_root, self.recipe.train.save_total_limit, s.best_step)
-        return path
+        return ckpt.save_checkpoint(self.ckpt_root, step=s.step, trainable=trainable, optimizer=optimizer,
+                                    scheduler=self.scheduler, state=meta, best=best)
 
     # ---- data --------------------------------------------------------------------------------------
     def _steps(self):
@@ -249,17 +280,20 @@ class SFTRecipe:
         loss_sum, tokens = 0.0, 0
         passes = self._passes(micro_batches)
         for i, (mb, weight) in enumerate(passes):
-            if self.sharded is not None:  # reduce-scatter once per step, after the last backward
-                self.sharded.set_requires_gradient_sync(i == len(passes) - 1)
+            self._mark_pass(last=i == len(passes) - 1)
             with autocast(self.device.split(":")[0], self.precision):
                 loss, _ = self._call(supervised_nll, mb, label_smoothing=self.recipe.train.label_smoothing)
             # Normalise by all loss tokens of the step (all ranks) so accumulation equals one big batch.
-            # weight: 0 for an FSDP padding pass; multiplying by 1.0 leaves the other numbers bit-identical.
-            (loss / max(n_total, 1) * weight).backward()
+            # weight: 0 for a padding pass; multiplying by 1.0 leaves the other numbers bit-identical.
+            scaled = loss / max(n_total, 1) * weight
+            if self.engine is not None:
+                self.engine.backward(scaled)
+            else:
+                scaled.backward()
             if weight:
                 loss_sum += float(loss.detach())
                 tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else mb["input_ids"].numel()
-        if self.sharded is None:  # FSDP has reduce-scattered the gradients in backward
+        if self.sharded is None and self.engine is None:  # FSDP and DeepSpeed reduce the gradients in backward
             self.dist.all_reduce_grads(self.trainable)
         step_loss = self._global_loss(loss_sum) / max(n_total, 1)
         if not math.isfinite(step_loss):
@@ -267,20 +301,38 @@ class SFTRecipe:
                 f"training diverged: loss is {step_loss} at step {self.state.step + 1}; nothing was saved",
                 where="train.lr", fix="lower train.lr, or use model.precision=fp32",
             )
-        grad_norm = None
-        if self.recipe.train.max_grad_norm:
-            # The global norm: with FSDP the gradients are DTensor shards and the norm is reduced over ranks.
-            grad_norm = fsdp.scalar(torch.nn.utils.clip_grad_norm_(self.trainable, self.recipe.train.max_grad_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._optimizer_step()
         self.state.loss_tokens += n_total
         self.state.tokens += self.dist.sum_int(tokens)
         return step_loss, grad_norm
 
+    def _mark_pass(self, last: bool) -> None:
+        """Tell FSDP or DeepSpeed whether the coming forward/backward ends the step (gradients are reduced after
+        it: once per step)."""
+        if self.sharded is not None:
+            self.sharded.set_requires_gradient_sync(last)
+        elif self.engine is not None:
+            self.engine.set_boundary(last)
+
+    def _optimizer_step(self) -> float | None:
+        """Clip to the global norm, step the optimizer and the schedule; returns the norm before clipping."""
+        if self.engine is not None:  # DeepSpeed clips and steps the optimizer on its partitions
+            grad_norm = self.engine.step()
+        else:
+            grad_norm = None
+            if self.recipe.train.max_grad_norm:
+                # The global norm: with FSDP the gradients are DTensor shards and the norm is reduced over ranks.
+                grad_norm = fsdp.scalar(torch.nn.utils.clip_grad_norm_(self.trainable,
+                                                                       self.recipe.train.max_grad_norm))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return grad_norm
+
     def _passes(self, micro_batches: list[dict[str, torch.Tensor]]) -> list[tuple[dict[str, torch.Tensor], float]]:
-        """(micro-batch, loss weight) pairs; sharded, every rank runs as many passes as the busiest one."""
-        if self.sharded is None:
+        """(micro-batch, loss weight) pairs; sharded or partitioned (every pass a collective), every rank runs as
+        many passes as the busiest one."""
+        if self.sharded is None and self.engine is None:
             return [(mb, 1.0) for mb in micro_batches]
         return fsdp.balanced_passes(micro_batches, self.dist.max_int(len(micro_batches)),
                                     lambda: self._collate(self.train_rows[:1]))
@@ -341,7 +393,15 @@ class SFTRecipe:
         if score is None:
             return False
         self.metrics.log(step=s.step, epoch=s.epoch, **logged)
-        return track_best(s, score, self.model, t.early_stopping_patience, min_delta=1e-4)
+        with self._whole_trainable(bool(t.early_stopping_patience)):  # the best weights are kept whole
+            return track_best(s, score, self.model, t.early_stopping_patience, min_delta=1e-4)
+
+    def _whole_trainable(self, enabled: bool, modifier_rank: int | None = None):
+        """A context in which the trainable parameters hold whole tensors: ZeRO-3 leaves placeholders in the
+        modules, so reading or restoring best weights gathers them (rank ``modifier_rank``'s writes are kept)."""
+        if self.engine is None or not enabled:
+            return contextlib.nullcontext()
+        return self.engine.whole([p for p in self.model.parameters() if p.requires_grad], modifier_rank)
 
     def _on_signal(self, signum, _frame) -> None:
         self._signal = signum  # acted on at the end of the current step (a consistent state to save)
@@ -377,7 +437,8 @@ class SFTRecipe:
                 if stop:
                     break
         s.train_time = time.perf_counter() - t0
-        restore_best(self.model, s, f", {t.early_stopping_metric}")
+        with self._whole_trainable(s.best_weights is not None, modifier_rank=0):
+            restore_best(self.model, s, f", {t.early_stopping_metric}")
         return self.summary()
 
     def _after_step(self, t0: float) -> tuple[bool, float]:
@@ -418,8 +479,15 @@ class SFTRecipe:
             "trainable_params": self.params.trainable, "total_params": self.params.total,
             "est_memory_mb": round(self.est_memory_mb, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
             "peak_rss_mb_per_rank": [round(v, 1) for v in self.dist.gather_float(peak_rss_mb())],
-            "sharding": "fsdp" if getattr(self, "sharded", None) is not None else "none",
+            "sharding": self._sharding(),
         }
+
+    def _sharding(self) -> str:
+        if getattr(self, "sharded", None) is not None:
+            return "fsdp"
+        if self.engine is not None:
+            return f"deepspeed-zero{self.engine.stage}"
+        return "none"
 
     def _best_logged_loss(self) -> float | None:
         losses = [r["val_loss"] for r in self.metrics.eval_rows()]
@@ -433,6 +501,8 @@ class SFTRecipe:
         extra = {}
         if self.sharded is not None:  # gather whole tensors (collective) so the files are a normal model/adapter
             extra["state_dict"] = fsdp.artifact_state_dict(self.model, trainable_only=not saves_full_weights(r.method))
+        elif self.engine is not None:  # the same with DeepSpeed (ZeRO-3 gathers each parameter in turn)
+            extra["state_dict"] = self.engine.artifact_state_dict(trainable_only=not saves_full_weights(r.method))
         if not self.dist.is_main:
             return
         self.model.save_pretrained(d / artifact_dir(r.method), safe_serialization=True, **extra)
@@ -442,3 +512,5 @@ class SFTRecipe:
     def cleanup(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.best_weights = None
+        if self.engine is not None:
+            self.engine.close()

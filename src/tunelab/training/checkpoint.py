@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``checkpoints/step-000050/`` written as ``.tmp-step-000050`` and renamed into place,
 so a crash (SIGKILL included) never leaves a half-written checkpoint under a real name. Tensors go to
-safetensors (never pickle); everything else to JSON. ``state.json`` is written last and records the SHA-256
+safetensors (never pickle, but for a DeepSpeed engine's own files: see below); everything else to JSON. ``state.json`` is written last and records the SHA-256
 of every other file: a checkpoint whose files do not match (partial copy, disk corruption) is skipped with a
 warning and the previous good one is used.
 
@@ -11,6 +11,8 @@ Layout::
     weights.safetensors     trainable parameters by name (all parameters for full fine-tuning)
     optimizer.safetensors   optimizer state tensors, keys "<param index>.<name>"
     best.safetensors        best-so-far trainable weights (only with early stopping)
+    deepspeed/              train.sharding=deepspeed instead of weights/optimizer: the engine's own files (each
+                            rank's optimizer partition; torch pickles, loaded only when their hashes match)
     rng.safetensors         torch CPU (and CUDA) generator states
     state.json              step, epoch, position in the epoch, counters, optimizer param groups and scalar
                             state, scheduler state, python/numpy RNG, config fingerprint, file hashes
@@ -35,8 +37,8 @@ from tunelab.errors import TunelabError
 from tunelab.util.console import console
 from tunelab.util.io import sha256_file
 
-__all__ = ["Checkpoint", "config_fingerprint", "find_resumable", "load_checkpoint", "prune_checkpoints",
-           "save_checkpoint"]
+__all__ = ["Checkpoint", "commit_checkpoint", "config_fingerprint", "find_resumable", "load_checkpoint", "load_rng",
+           "prune_checkpoints", "save_checkpoint"]
 
 STATE = "state.json"
 
@@ -128,18 +130,28 @@ def save_checkpoint(root: Path, *, step: int, trainable: dict[str, torch.Tensor]
     save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "weights.safetensors"))
     opt_tensors, opt_rest = _optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
     if best is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(tmp / "best.safetensors"))
-    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-    full = {**state, "step": step, "optimizer": opt_rest, "scheduler": scheduler.state_dict(), "rng": _py_rng(),
-            "files": files}
+    return commit_checkpoint(tmp, final, {**state, "step": step, "optimizer": opt_rest}, scheduler)
+
+
+def commit_checkpoint(tmp: Path, final: Path, state: dict[str, Any], scheduler) -> Path:
+    """Finish a checkpoint written under ``tmp`` and rename it to ``final``; returns ``final``.
+
+    Adds the RNG states, then ``state.json`` last (``state`` + scheduler state + python/numpy RNG + the SHA-256
+    of every file under ``tmp``, sub-folders included: a DeepSpeed run keeps the engine's files in one), fsyncs
+    and renames. Used by `save_checkpoint` and by tunelab.training.deepspeed.
+    """
+    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    full = {**state, "scheduler": scheduler.state_dict(), "rng": _py_rng(), "files": files}
     (tmp / STATE).write_text(json.dumps(full), encoding="utf-8")
-    _fsync_dir(tmp)
+    for folder in [tmp, *sorted(p for p in tmp.rglob("*") if p.is_dir())]:
+        _fsync_dir(folder)
     if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    _fsync_dir(final.parent)
     return final
 
 
@@ -225,7 +237,7 @@ def load_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer, schedul
             p.copy_(place(p, weights[name]) if place else weights[name])
     _load_optimizer(ckpt, optimizer, place)
     scheduler.load_state_dict(ckpt.state["scheduler"])
-    _load_rng(ckpt)
+    load_rng(ckpt)
     best = ckpt.path / "best.safetensors"
     return load_file(str(best)) if best.is_file() else None
 
@@ -245,7 +257,8 @@ def _load_optimizer(ckpt: Checkpoint, optimizer, place=None) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
 
 
-def _load_rng(ckpt: Checkpoint) -> None:
+def load_rng(ckpt: Checkpoint) -> None:
+    """Restore the torch (CPU, CUDA), python and numpy RNG states saved in ``ckpt``."""
     rng = load_file(str(ckpt.path / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
