@@ -4,7 +4,8 @@
 - ``pretrain``: `SFTRecipe` on plain text packed into blocks (``data.packing: blocks``, set by the recipe
   validator): the only difference from SFT is the data, so there is no second training loop;
 - ``classify``: `ClassifyRecipe` (a new sequence-classification head);
-- ``preference``, ``reward``, ``grpo``/``rloo``: see docs/preferences.md.
+- ``preference``, ``reward``, ``grpo``/``rloo``, ``ppo`` (`PPORecipe`, tunelab's own loop with a value
+  head): see docs/preferences.md.
 
 A new objective adds one line to ``RECIPES`` (module and class of its recipe). A recipe class may define a
 static ``preflight(recipe)`` that refuses impossible settings before a run folder is created.
@@ -27,8 +28,9 @@ RECIPES: dict[str, tuple[str, str]] = {
     "reward": ("tunelab.recipes.reward", "RewardRecipe"),
     "grpo": ("tunelab.recipes.rl", "OnlineRLRecipe"),
     "rloo": ("tunelab.recipes.rl", "OnlineRLRecipe"),
+    "ppo": ("tunelab.recipes.ppo", "PPORecipe"),
 }
-GENERATIVE = ("sft", "pretrain", "preference", "grpo", "rloo")  # train a causal LM: an encoder cannot
+GENERATIVE = ("sft", "pretrain", "preference", "grpo", "rloo", "ppo")  # train a causal LM: an encoder cannot
 
 
 def recipe_class(recipe: Recipe) -> type:

@@ -8,9 +8,9 @@ for rewards that compare with it), our model loading and methods (LoRA by defaul
   the loss adds ``rl.beta`` x KL(policy || reference) per token.
 - RLOO: advantage = reward - mean of the other completions of the prompt (leave-one-out baseline);
   ``rl.beta`` x KL is subtracted from the reward.
-- RLHF with a trained reward model is either of them with ``rl.rewards: [{type: model, model: RUN}]``:
-  TRL has no PPO trainer any more (removed from TRL 1.x, not in trl.experimental either), so tunelab offers
-  critic-free RLHF (docs/preferences.md says why that is the choice).
+- RLHF with a trained reward model is either of them with ``rl.rewards: [{type: model, model: RUN}]``, or
+  PPO (``train.objective: ppo``, `tunelab.recipes.ppo`): TRL 1.x has no PPO trainer any more, so PPO is
+  tunelab's own loop, a subclass of this recipe that replaces the TRL part.
 
 With a LoRA-family method the reference is the PEFT base (adapter disabled, no second model in memory); with
 ``full``/``freeze`` TRL loads a frozen copy; ``rl.reference_model`` names another reference, whose tokenizer
@@ -212,7 +212,11 @@ class OnlineRLRecipe:
         if r.rl.reference_model:
             self.reference = self._load_reference(r.rl.reference_model)
         self.total_steps = self._total_steps()
-        self.optimizer, self.scheduler = prepare_training(self.model, r, self.total_steps, self.run_dir)
+        self.optimizer, self.scheduler = self._optimizer()
+
+    def _optimizer(self) -> tuple[Any, Any]:
+        """The optimizer and schedule (PPO adds its value head and counts several updates per step)."""
+        return prepare_training(self.model, self.recipe, self.total_steps, self.run_dir)
 
     def _build_model(self) -> torch.nn.Module:
         r = self.recipe
@@ -320,14 +324,18 @@ class OnlineRLRecipe:
         return self.summary(bridge, train_s)
 
     def summary(self, bridge: TrlBridge, train_s: float) -> dict[str, Any]:
-        rows = [row for row in bridge.rows if "reward_mean" in row]
+        return self.summary_of(bridge.rows, bridge.tokens, self.trainer.state.global_step, train_s)
+
+    def summary_of(self, logged: list[dict[str, Any]], tokens: int, steps: int, train_s: float) -> dict[str, Any]:
+        """train_summary.json from the logged step rows (shared with PPO, which has no TRL bridge)."""
+        rows = [row for row in logged if "reward_mean" in row]
         rewards = [row["reward_mean"] for row in rows]
         k = max(1, min(10, len(rewards) // 2))
         kls = [row["kl"] for row in rows if "kl" in row]
         return {
-            "objective": self.recipe.train.objective, "steps": self.trainer.state.global_step,
-            "train_time_s": round(train_s, 2), "real_tokens": bridge.tokens,
-            "real_tokens_per_s": round(bridge.tokens / max(train_s, 1e-9), 1),
+            "objective": self.recipe.train.objective, "steps": steps,
+            "train_time_s": round(train_s, 2), "real_tokens": tokens,
+            "real_tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
             "reward_first": round(sum(rewards[:k]) / k, 5) if rewards else None,
             "reward_last": round(sum(rewards[-k:]) / k, 5) if rewards else None, "reward_window": k,
             "kl_max": round(max(kls), 6) if kls else None, "kl_last": kls[-1] if kls else None,
