@@ -5,8 +5,9 @@ same micro-batches, in the same order, that one process with ``grad_accum × wor
 and rank r takes every world_size-th of them. Each rank sums its token losses, the gradients are summed across
 ranks once per step (one flat all-reduce) and divided by the global count of loss tokens, so two processes
 give the same update as one process with double accumulation (tested). With ``train.sharding: fsdp`` the
-model is sharded instead of replicated (tunelab.training.fsdp) and FSDP reduces the gradients; the micro-batch
-assignment and the scaling stay the same.
+model is sharded instead of replicated (tunelab.training.fsdp) and FSDP reduces the gradients; with
+``train.sharding: deepspeed`` a DeepSpeed ZeRO engine partitions the training state and reduces them
+(tunelab.training.deepspeed); the micro-batch assignment and the scaling stay the same.
 
 Launch: ``tunelab train RECIPE --nproc 2`` re-runs the command under ``torch.distributed.run`` (torchrun);
 multi-node: run ``torchrun --nnodes N --node-rank I --master-addr HOST --nproc-per-node G -m tunelab.cli.main
