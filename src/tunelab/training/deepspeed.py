@@ -302,8 +302,8 @@ def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recip
 class ZeroEngine:
     """A DeepSpeed engine with tunelab's loss scaling, artefact gathering and checkpoint folders.
 
-    ``engine_wrapper(fn, *args)`` runs ``fn(model, *args)`` through the engine's forward (the root module), so
-    that ZeRO-3 gathers each module's weights around its use (training loss, validation, generation).
+    Calling it, ``zero_engine(fn, *args)``, runs ``fn(model, *args)`` through the engine's forward (`EngineRoot`),
+    so that ZeRO-3 gathers each module's weights around its use (training loss, validation, generation).
     """
 
     def __init__(self, engine: Any, model: nn.Module, train: TrainSpec, world: int, rank: int):
