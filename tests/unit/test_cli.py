@@ -99,3 +99,20 @@ def test_debug_shows_the_traceback(capsys):
 def test_models_lists_the_default(capsys):
     assert main(["models"]) == 0
     assert "smollm2-135m-instruct" in capsys.readouterr().err
+
+
+def test_nproc_refusals_come_before_any_worker_starts(tmp_path, chat_jsonl, tiny_model_dir, capsys, monkeypatch):
+    import tunelab.training.distributed as distributed
+
+    def no_launch(*a, **k):
+        raise AssertionError("no process may start for a refused recipe")
+
+    monkeypatch.setattr(distributed, "launch", no_launch)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {path: x}\n")
+    common = [str(recipe), f"data.path={chat_jsonl}", f"model.name={tiny_model_dir}", f"output.dir={tmp_path}"]
+    grpo = ["train.objective=grpo", "rl.rewards=[{type: length_penalty, target: 20}]"]
+    assert main(["train", *common, *grpo, "--nproc", "2"]) == 2
+    assert "does not support data-parallel training (--nproc)" in capsys.readouterr().err
+    assert main(["run", *common, "train.objective=preference", "train.sharding=fsdp", "--nproc", "2"]) == 2
+    assert "train.sharding=fsdp is not supported with train.objective=preference" in capsys.readouterr().err

@@ -38,7 +38,20 @@ def _check_processes(args: argparse.Namespace, recipe) -> None:
         return
     from tunelab.training.deepspeed import check_launch
 
-    check_launch(recipe, getattr(args, "nproc", 1))
+    nproc = getattr(args, "nproc", 1)
+    check_launch(recipe, nproc)
+    if nproc < 2:
+        return
+    import inspect
+    from types import SimpleNamespace
+
+    from tunelab.recipes.objectives import recipe_class
+    from tunelab.training import fsdp
+
+    fsdp.preflight(recipe)
+    cls = recipe_class(recipe)  # the objective's own preflight, as one process
+    if len(inspect.signature(cls.preflight).parameters) > 1:  # the recipes that refuse --nproc say so here
+        cls.preflight(recipe, SimpleNamespace(enabled=True, world=nproc), bool(getattr(args, "resume", False)))
 
 
 def _is_distributed_child() -> bool:

@@ -1061,8 +1061,9 @@ class PPOSpec(_Spec):
         "completions at a time."
     )
     gamma: float = Field(1.0, ge=0, le=1, description="Discount over completion tokens in GAE.")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (1: Monte Carlo return minus the value; 0: "
-                       "one-step temporal difference).")
+    lam: float = Field(1.0, ge=0, le=1, description="GAE lambda (1: Monte Carlo return minus the value; 0: "
+                       "one-step temporal difference). 1 by default because the value head starts at zero: below 1 "
+                       "the first tokens get almost no credit until it has learnt (docs/preferences.md).")
     cliprange_value: float = Field(0.2, gt=0, description="The value prediction moves at most this far from "
                                    "its rollout estimate per update (clipped value loss).")
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
