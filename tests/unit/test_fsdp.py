@@ -15,26 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from sharding_helpers import by_step as _by_step
+from sharding_helpers import overrides as _overrides
 
 from tunelab import pipeline
 from tunelab.cli.main import main
 from tunelab.config import load_recipe
 from tunelab.errors import TunelabError
 from tunelab.training import fsdp
-
-
-def _overrides(tmp_path: Path, chat_jsonl: Path, model_dir: Path, *extra: str) -> list[str]:
-    return [f"data.path={chat_jsonl}", f"model.name={model_dir}", f"output.dir={tmp_path / 'runs'}",
-            "train.batch_size=4", "train.lr=5e-3", "train.log_every=1", "model.precision=fp32", "model.threads=1",
-            "eval.enabled=false", "data.split.test=0.1", "method.lora.dropout=0", *extra]
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-
-
-def _by_step(run_dir: Path, key: str) -> dict[int, float]:
-    return {r["step"]: r[key] for r in _rows(run_dir) if key in r}
 
 
 def _reference(tmp_path: Path, overrides: list[str], name: str) -> Path:
