@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from sharding_helpers import assert_same_tensors as _assert_same_tensors
 from sharding_helpers import by_step as _by_step
+from sharding_helpers import logits as _logits
 from sharding_helpers import overrides as _overrides
+from sharding_helpers import reference as _reference
+from sharding_helpers import torchrun
 
-from tunelab import pipeline
 from tunelab.cli.main import main
 from tunelab.config import load_recipe
 from tunelab.errors import TunelabError
@@ -31,22 +31,8 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
                                      reason="deepspeed is not installed (pip install 'tunelab[deepspeed]')")
 
 
-def _reference(overrides: list[str], name: str, accum: int = 2) -> Path:
-    """One process with ``accum`` micro-batches per step, in this process."""
-    torch.set_num_threads(1)
-    return pipeline.train(load_recipe(None, [*overrides, f"output.name={name}", f"train.grad_accum={accum}"]), name)
-
-
 def _torchrun(tmp_path: Path, overrides: list[str], name: str, *flags: str, accum: int = 1) -> str:
-    """2 processes under DeepSpeed, through the CLI (which re-launches under torchrun on a free port)."""
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("data:\n  path: placeholder.jsonl\n", encoding="utf-8")
-    cmd = [sys.executable, "-m", "tunelab.cli.main", "train", str(recipe), *overrides, f"output.name={name}",
-           f"train.grad_accum={accum}", "train.sharding=deepspeed", "--nproc", "2", *flags]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    return torchrun(tmp_path, overrides, name, "deepspeed", *flags, accum=accum)
 
 
 def _assert_same_curves(a: Path, b: Path, keys: tuple[str, ...] = ("loss", "grad_norm", "lr", "val_loss")) -> None:
@@ -57,18 +43,6 @@ def _assert_same_curves(a: Path, b: Path, keys: tuple[str, ...] = ("loss", "grad
             assert got[step] == pytest.approx(value, rel=1e-4, abs=1e-12), f"{key} at step {step}"
 
 
-def _assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert sorted(a) == sorted(b)
-    for k in a:
-        # Reductions sum in another order, and Adam divides by sqrt(v), which magnifies that rounding for the
-        # few elements whose gradients are near zero (atol = 0.2% of one lr-5e-3 step).
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
-
-
-def _logits(model, tokenizer) -> torch.Tensor:
-    ids = tokenizer(["What color is item 7?", "Item 3 is blue."], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        return model(**ids).logits
 
 
 @pytest.fixture(scope="module")

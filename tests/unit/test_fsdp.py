@@ -7,40 +7,25 @@ one process with twice the gradient accumulation, in this process.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from sharding_helpers import assert_same_tensors as _assert_same_tensors
 from sharding_helpers import by_step as _by_step
+from sharding_helpers import logits as _logits
 from sharding_helpers import overrides as _overrides
+from sharding_helpers import reference, torchrun
 
-from tunelab import pipeline
 from tunelab.cli.main import main
 from tunelab.config import load_recipe
 from tunelab.errors import TunelabError
 from tunelab.training import fsdp
 
 
-def _reference(tmp_path: Path, overrides: list[str], name: str) -> Path:
-    """One process, grad_accum 2, in this process."""
-    torch.set_num_threads(1)
-    return pipeline.train(load_recipe(None, [*overrides, f"output.name={name}", "train.grad_accum=2"]), name)
-
-
-def _torchrun(tmp_path: Path, overrides: list[str], name: str, *flags: str) -> str:
-    """2 processes, grad_accum 1, FSDP, through the CLI (which re-launches under torchrun)."""
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("data:\n  path: placeholder.jsonl\n", encoding="utf-8")
-    cmd = [sys.executable, "-m", "tunelab.cli.main", "train", str(recipe), *overrides, f"output.name={name}",
-           "train.grad_accum=1", "train.sharding=fsdp", "--nproc", "2", *flags]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+def _torchrun(tmp_path: Path, overrides: list[str], name: str, *flags: str, accum: int = 1) -> str:
+    return torchrun(tmp_path, overrides, name, "fsdp", *flags, accum=accum)
 
 
 def _assert_same_curves(a: Path, b: Path, keys: tuple[str, ...] = ("loss", "grad_norm", "val_loss")) -> None:
@@ -51,18 +36,6 @@ def _assert_same_curves(a: Path, b: Path, keys: tuple[str, ...] = ("loss", "grad
             assert got[step] == pytest.approx(value, rel=1e-4), f"{key} at step {step}"
 
 
-def _assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert sorted(a) == sorted(b)
-    for k in a:
-        # atol 1e-5 = 0.2% of one lr-5e-3 step: reduce-scatter sums in another order, and Adam divides by
-        # sqrt(v), which magnifies that rounding for the few elements whose gradients are near zero.
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
-
-
-def _logits(model, tokenizer) -> torch.Tensor:
-    ids = tokenizer(["What color is item 7?", "Item 3 is blue."], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        return model(**ids).logits
 
 
 # ------------------------------------------------------------------------------------------------ full
@@ -76,7 +49,7 @@ def test_full_finetuning_matches_one_process_saves_normal_files_and_resumes(tmp_
     common = _overrides(tmp_path, chat_jsonl, tiny_model_dir, "method.name=full", "train.max_steps=4",
                         "train.eval_every=2", "train.save_every=2", "train.save_total_limit=null",
                         "train.gradient_checkpointing=true")
-    one = _reference(tmp_path, common, "one")
+    one = reference(common, "one")
     out = _torchrun(tmp_path, common, "two")
     two = tmp_path / "runs" / "two"
     assert "FSDP: 2 decoder layers + root sharded over 2 processes" in out
@@ -118,7 +91,7 @@ def test_lora_matches_one_process_with_a_short_last_step(tmp_path, chat_jsonl, t
     common = _overrides(tmp_path, chat_jsonl, tiny_model_dir, "method.name=lora", "train.batch_size=7",
                         "train.eval_every=2", "train.early_stopping_metric=accuracy", "train.eval_samples=4",
                         "eval.max_new_tokens=3")
-    one = _reference(tmp_path, common, "one")
+    one = reference(common, "one")
     _torchrun(tmp_path, common, "two")
     two = tmp_path / "runs" / "two"
     assert sorted(_by_step(one, "loss")) == [1, 2, 3, 4]
@@ -193,7 +166,7 @@ def test_two_gpus_nccl_with_mixed_precision(tmp_path, chat_jsonl, tiny_model_dir
         pytest.skip("needs 2 CUDA GPUs")
     common = _overrides(tmp_path, chat_jsonl, tiny_model_dir, "method.name=full", "train.max_steps=3",
                         "model.device=cuda")
-    one = _reference(tmp_path, common, "one")
+    one = reference(common, "one")
     _torchrun(tmp_path, [*common, "train.fsdp_mixed_precision=true", "model.precision=bf16"], "two")
     ref, got = _by_step(one, "loss"), _by_step(tmp_path / "runs" / "two", "loss")
     assert sorted(got) == sorted(ref)
