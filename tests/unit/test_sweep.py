@@ -143,20 +143,45 @@ def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, 
 
 
 def test_a_configuration_already_tried_is_not_trained_again(tmp_path, chat_jsonl, tiny_model_dir):
+    # Random search with seed 2 proposes 1e-3, 1e-3, 1e-3, 1e-2: two repeats, then the space (2 configurations)
+    # is exhausted and the study stops well before its 10 trials.
     doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
-        "strategy": "random", "pruner": "none", "trials": 5,
+        "strategy": "random", "pruner": "none", "trials": 10, "seed": 2,
         "space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2]}}}, max_steps=2, eval_every=2)
     folder = run_sweep(load_recipe(_write(tmp_path, doc)), "dup")
     rows = _leaderboard(folder)
-    assert len(rows) == 5 and {r["state"] for r in rows} == {"complete"}
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"complete"}
     trained = [r for r in rows if not r["duplicate_of"]]
     twins = [r for r in rows if r["duplicate_of"]]
-    assert len(trained) == len({r["param:train.lr"] for r in rows}) <= 2 and len(twins) >= 3
+    assert len(trained) == len({r["param:train.lr"] for r in rows}) == 2 and len(twins) == 2
     by_trial = {r["trial"]: r for r in trained}
     for r in twins:  # the twin's value, no tokens spent, no run folder of its own
         first = by_trial[r["duplicate_of"]]
         assert (r["param:train.lr"], r["value"]) == (first["param:train.lr"], first["value"])
         assert r["tokens"] == "0" and not (folder / "trials" / f"trial-{int(r['trial']):04d}").exists()
+
+
+def test_the_token_budget_is_a_cap_the_running_trial_stops_at(tmp_path, chat_jsonl, tiny_model_dir):
+    # One full trial spends T tokens; a budget of 1.5 T lets the first trial finish and stops the second one
+    # part-way (pruned, with the reason) at the last step that fits, so the study spends about 1.5 T, not 2 T,
+    # and starts no third trial.
+    space = {"train.lr": {"type": "categorical", "choices": [1e-3, 3e-3, 1e-2, 3e-2]}}
+    probe = run_sweep(load_recipe(_write(tmp_path, _doc(tmp_path, chat_jsonl, tiny_model_dir, {
+        "strategy": "grid", "pruner": "none", "space": {"train.lr": {"type": "categorical", "choices": [1e-3]}},
+        "study_name": "probe"}, log_every=1))), "probe")
+    full = int(_leaderboard(probe)[0]["tokens"])
+    cap = full * 3 // 2
+    folder = run_sweep(load_recipe(_write(tmp_path, _doc(tmp_path, chat_jsonl, tiny_model_dir, {
+        "strategy": "grid", "pruner": "none", "space": space, "max_tokens": cap,
+        "study_name": "capped"}, log_every=1))), "capped")
+    rows = sorted(_leaderboard(folder), key=lambda r: int(r["trial"]))
+    assert [r["state"] for r in rows] == ["complete", "pruned", "waiting", "waiting"]  # the rest of the grid: queued
+    rows = rows[:2]
+    assert int(rows[0]["tokens"]) == full and "token budget" in rows[1]["stopped"]
+    per_step = full / 6
+    assert cap - 2 * per_step <= sum(int(r["tokens"]) for r in rows) <= cap + per_step / 2  # stopped at the cap
+    summary = json.loads((folder / "sweep.json").read_text())
+    assert summary["tokens"] == sum(int(r["tokens"]) for r in rows)
 
 
 @pytest.mark.parametrize(("sweep", "match"), [

@@ -945,7 +945,8 @@ class SweepSpec(_Spec):
     )
     trials: int | None = Field(20, ge=1, description="Finished trials to run (complete + pruned + failed).")
     max_time_s: float | None = Field(None, gt=0, description="Stop starting new trials after this wall time.")
-    max_tokens: int | None = Field(None, ge=1, description="Stop starting new trials after this many training tokens.")
+    max_tokens: int | None = Field(None, ge=1, description="Training tokens the whole study may spend (all "
+                                   "workers): the trial that reaches them stops there (pruned) and no new one starts.")
     storage: str | None = Field(
         None, description="Optuna storage URL (e.g. postgresql://user@host/db for several machines); default: SQLite "
         "in the study folder."

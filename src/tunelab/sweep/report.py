@@ -33,7 +33,7 @@ def leaderboard_rows(study) -> list[dict[str, Any]]:
                      "tokens": t.user_attrs.get("tokens"), "duration_s": round(duration, 1) if duration else None,
                      **{f"param:{k}": v for k, v in t.params.items()},
                      "run_dir": t.user_attrs.get("run_dir"), "duplicate_of": t.user_attrs.get("duplicate_of"),
-                     "error": t.user_attrs.get("error")})
+                     "stopped": t.user_attrs.get("stopped"), "error": t.user_attrs.get("error")})
     order = {"complete": 0, "pruned": 1, "fail": 2}
     sign = 1 if direction == "minimize" else -1
 

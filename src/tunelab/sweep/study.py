@@ -19,7 +19,7 @@ from typing import Any
 
 from tunelab.config.specs import Recipe, SweepSpec
 from tunelab.errors import TunelabError
-from tunelab.sweep.space import check_space, grid_configs, sample, trial_recipe
+from tunelab.sweep.space import check_space, grid_configs, grid_points, sample, trial_recipe
 from tunelab.util.console import console
 
 __all__ = ["direction_of", "open_study", "planned_trials", "run_sweep", "study_dir"]
@@ -148,13 +148,23 @@ class _Objective:
         twin = _twin(trial)
         if twin is not None:
             return _reuse(trial, twin)
+        cap = self.sweep.max_tokens
+        if cap is not None and _spent(trial.study, trial.number) >= cap:  # e.g. another worker spent the rest
+            _stop_for_budget(trial, cap, 0, "before it started")
         name = f"trial-{trial.number:04d}"
         run_recipe = trial_recipe(self.base, params, str(self.folder / "trials"), name, self.sweep.metric,
                                   study=self.sweep_name)
         trial.set_user_attr("run_dir", str(self.folder / "trials" / name))
         values: list[float] = []
 
+        seen = [0]  # tokens at the previous metrics row: the next row will add about as many again
+
         def report(row: dict[str, Any]) -> None:
+            if cap is not None and row.get("tokens"):
+                tokens = int(row["tokens"])
+                step, seen[0] = tokens - seen[0], tokens
+                if _spent(trial.study, trial.number) + tokens + step > cap:  # stop at the last row that fits
+                    _stop_for_budget(trial, cap, tokens, f"at step {row.get('step')}")
             if self.key in row and row.get("step", 0) > 0:
                 values.append(float(row[self.key]))
                 trial.report(values[-1], len(values))
@@ -205,6 +215,23 @@ def _twin(trial) -> Any:
     return None
 
 
+def _spent(study, exclude: int) -> int:
+    """Training tokens the other trials of the study have spent, running ones (other workers) included."""
+    return sum(int(t.user_attrs.get("tokens") or 0) for t in study.get_trials(deepcopy=False)
+               if t.number != exclude)
+
+
+def _stop_for_budget(trial, cap: int, tokens: int, when: str) -> None:
+    """`sweep.max_tokens` is a cap, not a hint: the trial that reaches it stops there (pruned) and so does the study."""
+    import optuna
+
+    trial.set_user_attr("tokens", tokens)
+    trial.set_user_attr("stopped", f"token budget ({cap:,}) reached {when}")
+    trial.study.stop()
+    console.print(f"trial {trial.number}: token budget ({cap:,}) reached {when}; no new trials")
+    raise optuna.TrialPruned(f"token budget ({cap:,}) reached {when}")
+
+
 def _reuse(trial, twin) -> float:
     """Give `trial` the result of its twin without training: same value (or pruned), no tokens spent."""
     import optuna
@@ -237,10 +264,25 @@ def _finished(study) -> list:
             if t.state.name in FINISHED and not t.user_attrs.get("interrupted")]
 
 
-def _budget_callback(sweep: SweepSpec, t_start: float):
+def _space_size(recipe: Recipe) -> int | None:
+    """Distinct configurations of a finite space (categorical, int and stepped dimensions); None if infinite."""
+    import math
+
+    try:
+        if math.prod(len(v) for v in grid_points(recipe.sweep).values()) > 10_000:
+            return None  # too large to be exhausted; not worth enumerating
+        return len(grid_configs(recipe.sweep, recipe.model_dump(mode="json", exclude={"sweep"})))
+    except TunelabError:
+        return None
+
+
+def _budget_callback(sweep: SweepSpec, t_start: float, size: int | None = None):
     def callback(study, _trial) -> None:
         done = _finished(study)
         if sweep.trials is not None and len(done) >= sweep.trials:
+            study.stop()
+        elif size is not None and len({repr(sorted(t.params.items())) for t in done}) >= size:
+            console.print(f"every configuration of the space ({size}) has been tried: no new trials")
             study.stop()
         elif sweep.max_tokens is not None and sum(t.user_attrs.get("tokens", 0) for t in done) >= sweep.max_tokens:
             console.print(f"token budget reached ({sweep.max_tokens:,}): no new trials")
@@ -283,7 +325,7 @@ def optimize(recipe: Recipe, recipe_name: str, n_trials: int | None = None) -> A
         remaining = n_trials if remaining is None else min(n_trials, remaining)
     if remaining == 0:
         return study
-    budget = _budget_callback(sweep.model_copy(update={"trials": target}), time.monotonic())
+    budget = _budget_callback(sweep.model_copy(update={"trials": target}), time.monotonic(), _space_size(recipe))
     objective = _Objective(recipe, folder)
     study.optimize(objective, n_trials=remaining, timeout=sweep.max_time_s,
                    catch=(Exception,), callbacks=[budget], gc_after_trial=True)
