@@ -80,6 +80,11 @@ def main() -> int:
     ap.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--threads", type=int, help="torch threads per trial (1 on a machine shared with other jobs)")
+    ap.add_argument("--min-resource", type=int, default=1, help="ASHA: evaluations before a trial can be pruned")
+    ap.add_argument("--only-tpe", action="store_true", help="skip the grid (diagnostics; needs --tpe-trials or "
+                    "--tpe-tokens)")
+    ap.add_argument("--tpe-tokens", type=int, help="token cap for TPE instead of a share of the grid's tokens")
+    ap.add_argument("--keep", help="keep the study folders (leaderboards, plots, trial runs) here")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "train.txt").is_file():
@@ -90,13 +95,18 @@ def main() -> int:
              "method.lora.r": {"type": "categorical", "choices": args.ranks},
              "train.batch_size": {"type": "categorical", "choices": args.batch_sizes}}
     with tempfile.TemporaryDirectory(prefix="tunelab-sweep-bench-") as tmp:
-        out = Path(tmp)
+        out = Path(args.keep or tmp)
+        tpe_sweep = {"strategy": "tpe", "pruner": "asha", "trials": args.tpe_trials,
+                     "min_resource": args.min_resource, "seed": 0, "space": space}
+        if args.only_tpe:
+            tpe = _run(_recipe(data, out, args.steps, {**tpe_sweep, "max_tokens": args.tpe_tokens}, args.threads),
+                       "tpe_asha")
+            print(json.dumps({k: v for k, v in tpe.items() if k != "values"}, indent=1))
+            return 0
         grid = _run(_recipe(data, out, args.steps, {"strategy": "grid", "pruner": "none", "trials": None,
                                                     "space": space}, args.threads), "grid")
-        cap = None if args.tpe_trials else int(grid["tokens"] * args.tpe_share)
-        tpe = _run(_recipe(data, out, args.steps, {"strategy": "tpe", "pruner": "asha", "trials": args.tpe_trials,
-                                                   "max_tokens": cap, "min_resource": 1, "seed": 0, "space": space},
-                           args.threads), "tpe_asha")
+        cap = args.tpe_tokens or (None if args.tpe_trials else int(grid["tokens"] * args.tpe_share))
+        tpe = _run(_recipe(data, out, args.steps, {**tpe_sweep, "max_tokens": cap}, args.threads), "tpe_asha")
     gap = (tpe["best"] - grid["best"]) / grid["best"]
     share = tpe["tokens"] / grid["tokens"]
     print(f"\n{'':24}{'grid':>14}{'TPE + ASHA':>14}")
@@ -108,6 +118,8 @@ def main() -> int:
     print(f"{'best val_loss':24}{grid['best']:>14.4f}{tpe['best']:>14.4f}")
     print(f"{'training tokens':24}{grid['tokens']:>14,}{tpe['tokens']:>14,}")
     print(f"{'wall time (s)':24}{grid['wall_s']:>14}{tpe['wall_s']:>14}")
+    print(f"ASHA: reduction factor 3, a trial can be pruned after {args.min_resource} of "
+          f"{args.steps // max(1, args.steps // 5)} evaluations")
     print(f"\nTPE+ASHA vs grid: best val_loss {gap:+.2%} (target within +1%), tokens {share:.2f}x (target <= 0.33x)")
     print(f"grid best params: {grid['best_params']}\nTPE best params:  {tpe['best_params']}")
     ranked = sorted(grid["values"], key=lambda kv: kv[1])

@@ -161,6 +161,17 @@ def test_a_configuration_already_tried_is_not_trained_again(tmp_path, chat_jsonl
         assert r["tokens"] == "0" and not (folder / "trials" / f"trial-{int(r['trial']):04d}").exists()
 
 
+def test_the_token_cap_looks_one_step_ahead_except_at_the_last_step():
+    from tunelab.sweep.study import over_budget
+
+    assert not over_budget(900, 50, 5, 20, 1000)     # the next step fits
+    assert over_budget(960, 50, 5, 20, 1000)         # the next step would pass the cap: stop at this one
+    assert not over_budget(960, 50, 20, 20, 1000)    # the last step: only the final evaluation is left
+    assert over_budget(1010, 50, 20, 20, 1000)       # already past the cap
+    assert not over_budget(960, 50, 5, None, 1000)   # last step unknown (epochs): stop only once past it
+    assert over_budget(1001, 50, 5, None, 1000)
+
+
 def test_the_token_budget_is_a_cap_the_running_trial_stops_at(tmp_path, chat_jsonl, tiny_model_dir):
     # One full trial spends T tokens; a budget of 1.5 T lets the first trial finish and stops the second one
     # part-way (pruned, with the reason) at the last step that fits, so the study spends about 1.5 T, not 2 T,

@@ -158,12 +158,13 @@ class _Objective:
         values: list[float] = []
 
         seen = [0]  # tokens at the previous metrics row: the next row will add about as many again
+        total = run_recipe.train.max_steps  # None for epoch-based runs: their last step is not known here
 
         def report(row: dict[str, Any]) -> None:
             if cap is not None and row.get("tokens"):
                 tokens = int(row["tokens"])
-                step, seen[0] = tokens - seen[0], tokens
-                if _spent(trial.study, trial.number) + tokens + step > cap:  # stop at the last row that fits
+                more, seen[0] = tokens - seen[0], tokens
+                if over_budget(_spent(trial.study, trial.number) + tokens, more, row.get("step", 0), total, cap):
                     _stop_for_budget(trial, cap, tokens, f"at step {row.get('step')}")
             if self.key in row and row.get("step", 0) > 0:
                 values.append(float(row[self.key]))
@@ -213,6 +214,18 @@ def _twin(trial) -> Any:
                 and not t.user_attrs.get("interrupted") and "duplicate_of" not in t.user_attrs):
             return t
     return None
+
+
+def over_budget(spent: int, step_tokens: int, step: int, total_steps: int | None, cap: int) -> bool:
+    """Stop now? Yes once `spent` passes the cap, or when one more step like the last would pass it.
+
+    The look-ahead keeps a study under its cap instead of one step over; it is skipped at a run's last step
+    (no further step comes, only the final evaluation, which costs no training tokens) and when the last step
+    is unknown (epoch-based runs), where the study may end up to one step over the cap.
+    """
+    if spent > cap:
+        return True
+    return total_steps is not None and step < total_steps and spent + step_tokens > cap
 
 
 def _spent(study, exclude: int) -> int:
