@@ -42,9 +42,9 @@ from torch import nn
 from tunelab.config.specs import Recipe
 from tunelab.errors import TunelabError
 from tunelab.methods import is_prompt_learning, preflight, saves_full_weights
-from tunelab.models import autocast, resolve_model
+from tunelab.models import autocast
 from tunelab.recipes.common import prepare_training, refuse_unsupported, single_process_only
-from tunelab.recipes.rl import OnlineRLRecipe
+from tunelab.recipes.rl import OnlineRLRecipe, refuse_encoder_policy
 from tunelab.rewards import PromptRow, weighted_total
 from tunelab.training import ppo as P
 from tunelab.training.progress import TrainProgress
@@ -133,9 +133,7 @@ class PPORecipe(OnlineRLRecipe):
             f"prompt-learning method '{recipe.method.name}' (the value head and log-probs read the completion "
             "positions, which virtual tokens would shift)": is_prompt_learning(recipe.method),
         }, fix="see docs/preferences.md (PPO)")
-        if resolve_model(recipe.model.name).kind == "encoder":
-            raise TunelabError(f"model '{recipe.model.name}' is an encoder and cannot generate completions",
-                               where="model.name", fix="use a decoder such as smollm2-135m-instruct")
+        refuse_encoder_policy(recipe)
         preflight(recipe)
 
     # ---- setup -------------------------------------------------------------------------------------

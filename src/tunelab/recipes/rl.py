@@ -169,6 +169,13 @@ def check_same_tokenizer(policy_tok: Any, other_tok: Any, other: str, where: str
 # ------------------------------------------------------------------------------------------------ recipe
 
 
+def refuse_encoder_policy(recipe: Recipe) -> None:
+    """Online RL samples completions from the policy: an encoder cannot write any."""
+    if resolve_model(recipe.model.name).kind == "encoder":
+        raise TunelabError(f"model '{recipe.model.name}' is an encoder and cannot generate completions",
+                           where="model.name", fix="use a decoder such as smollm2-135m-instruct")
+
+
 class OnlineRLRecipe:
     """setup → train → save → cleanup for GRPO or RLOO (the same protocol as `SFTRecipe`)."""
 
@@ -190,9 +197,7 @@ class OnlineRLRecipe:
             f"prompt-learning method '{recipe.method.name}' (TRL computes log-probs without virtual tokens)":
                 is_prompt_learning(recipe.method),
         }, fix="see docs/preferences.md (Online RL)")
-        if resolve_model(recipe.model.name).kind == "encoder":
-            raise TunelabError(f"model '{recipe.model.name}' is an encoder and cannot generate completions",
-                               where="model.name", fix="use a decoder such as smollm2-135m-instruct")
+        refuse_encoder_policy(recipe)
         preflight(recipe)
 
     # ---- setup -------------------------------------------------------------------------------------
