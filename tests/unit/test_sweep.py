@@ -143,22 +143,48 @@ def test_tpe_study_resumes_without_repeating_and_two_workers_share_it(tmp_path, 
 
 
 def test_a_configuration_already_tried_is_not_trained_again(tmp_path, chat_jsonl, tiny_model_dir):
-    # Random search with seed 2 proposes 1e-3, 1e-3, 1e-3, 1e-2: two repeats, then the space (2 configurations)
-    # is exhausted and the study stops well before its 10 trials.
+    # Random search with seed 2 proposes 1e-3, then 1e-3 again: the repeat is not trained (its twin's result is
+    # reused) and the closest untried configuration, 1e-2, is queued and runs next; then the space (2
+    # configurations) is exhausted and the study stops well before its 10 trials.
     doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {
         "strategy": "random", "pruner": "none", "trials": 10, "seed": 2,
         "space": {"train.lr": {"type": "categorical", "choices": [1e-3, 1e-2]}}}, max_steps=2, eval_every=2)
     folder = run_sweep(load_recipe(_write(tmp_path, doc)), "dup")
-    rows = _leaderboard(folder)
-    assert len(rows) == 4 and {r["state"] for r in rows} == {"complete"}
-    trained = [r for r in rows if not r["duplicate_of"]]
-    twins = [r for r in rows if r["duplicate_of"]]
-    assert len(trained) == len({r["param:train.lr"] for r in rows}) == 2 and len(twins) == 2
-    by_trial = {r["trial"]: r for r in trained}
-    for r in twins:  # the twin's value, no tokens spent, no run folder of its own
-        first = by_trial[r["duplicate_of"]]
-        assert (r["param:train.lr"], r["value"]) == (first["param:train.lr"], first["value"])
-        assert r["tokens"] == "0" and not (folder / "trials" / f"trial-{int(r['trial']):04d}").exists()
+    rows = sorted(_leaderboard(folder), key=lambda r: int(r["trial"]))
+    assert [(r["param:train.lr"], r["duplicate_of"]) for r in rows] == [("0.001", ""), ("0.001", "0"), ("0.01", "")]
+    assert {r["state"] for r in rows} == {"complete"}
+    twin, first = rows[1], rows[0]  # the twin's value, no tokens spent, no run folder of its own
+    assert twin["value"] == first["value"]
+    assert twin["tokens"] == "0" and not (folder / "trials" / "trial-0001").exists()
+
+
+def test_a_repeat_queues_the_closest_untried_configuration():
+    import random
+
+    from tunelab.sweep.study import _key, nearest_untried
+
+    sweep = SweepSpec.model_validate({"space": {
+        "train.lr": {"type": "categorical", "choices": [2e-3, 2.5e-4, 1e-3, 5e-4]},  # ranked by value, not order
+        "method.lora.r": {"type": "categorical", "choices": [4, 8, 16]},
+        "train.batch_size": {"type": "categorical", "choices": [4, 8]}}})
+    configs = grid_configs(sweep, {})
+    at = {"train.lr": 1e-3, "method.lora.r": 16, "train.batch_size": 8}
+    tried = {_key(at)} | {_key({**at, "train.lr": lr}) for lr in (5e-4, 2e-3)} | {_key({**at, "train.batch_size": 4})}
+    # one dimension changed by one step: only rank 8 is left at that distance
+    assert nearest_untried(at, configs, tried, sweep, random.Random(0)) == {**at, "method.lora.r": 8}
+    # ties (lr 5e-4 or 2e-3, one step either way) are drawn, never a farther one
+    tried = {_key(at), _key({**at, "method.lora.r": 8}), _key({**at, "train.batch_size": 4})}
+    drawn = {nearest_untried(at, configs, tried, sweep, random.Random(seed))["train.lr"] for seed in range(20)}
+    assert drawn == {5e-4, 2e-3}
+    assert nearest_untried(at, configs, {_key(c) for c in configs}, sweep, random.Random(0)) is None
+    # an unordered categorical counts one step for any change; a dimension that appears or disappears, one too
+    cond = SweepSpec.model_validate({"space": {
+        "method.name": {"type": "categorical", "choices": ["lora", "full", "freeze"]},
+        "method.lora.r": {"type": "categorical", "choices": [4, 8], "when": "method.name == lora"}}})
+    configs = grid_configs(cond, {})
+    at = {"method.name": "lora", "method.lora.r": 4}
+    got = nearest_untried(at, configs, {_key(at), _key({**at, "method.lora.r": 8})}, cond, random.Random(0))
+    assert got in ({"method.name": "full"}, {"method.name": "freeze"})
 
 
 def test_the_token_cap_looks_one_step_ahead_except_at_the_last_step():

@@ -62,9 +62,10 @@ def _pruner(sweep: SweepSpec):
     if sweep.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=sweep.min_resource - 1)
     if sweep.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=sweep.min_resource, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=sweep.min_resource,
+                                                      reduction_factor=sweep.reduction_factor)
     if sweep.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=sweep.min_resource, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=sweep.min_resource, reduction_factor=sweep.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
@@ -137,6 +138,7 @@ class _Objective:
         self.key = self.sweep.metric if self.sweep.metric in _LOSS_METRICS else f"val_{self.sweep.metric}"
         self.sweep_name = folder.name
         self.interrupted: Exception | None = None  # SIGINT/SIGTERM inside a trial: stop the whole study
+        self.configs = finite_configs(recipe)  # None for a continuous space: repeats are then all but impossible
 
     def __call__(self, trial) -> float:
         import optuna
@@ -147,7 +149,7 @@ class _Objective:
         params = sample(trial, self.sweep, self.base)
         twin = _twin(trial)
         if twin is not None:
-            return _reuse(trial, twin)
+            return self._repeat(trial, twin)
         cap = self.sweep.max_tokens
         if cap is not None and _spent(trial.study, trial.number) >= cap:  # e.g. another worker spent the rest
             _stop_for_budget(trial, cap, 0, "before it started")
@@ -197,6 +199,12 @@ class _Objective:
         use_best = run_recipe.train.early_stopping_patience and summary.get("best_value") is not None
         return float(summary["best_value"]) if use_best else values[-1]
 
+    def _repeat(self, trial, twin) -> float:
+        """A proposal the study has run already: reuse its result, and explore its closest untried neighbour next."""
+        if self.configs is not None:
+            queue_nearest_untried(trial, self.configs, self.sweep)
+        return _reuse(trial, twin)
+
     def _record_tokens(self, trial, run_dir: Path | None = None) -> None:
         rows = _read_jsonl(Path(trial.user_attrs.get("run_dir", "")) / "metrics.jsonl")
         tokens = max((int(r.get("tokens") or 0) for r in rows), default=0)
@@ -214,6 +222,75 @@ def _twin(trial) -> Any:
                 and not t.user_attrs.get("interrupted") and "duplicate_of" not in t.user_attrs):
             return t
     return None
+
+
+def finite_configs(recipe: Recipe) -> list[dict[str, Any]] | None:
+    """Every configuration of a finite space (categorical, int and stepped dimensions), or None."""
+    import math
+
+    try:
+        if math.prod(len(v) for v in grid_points(recipe.sweep).values()) > 10_000:
+            return None  # too large to be exhausted; not worth enumerating
+        return grid_configs(recipe.sweep, recipe.model_dump(mode="json", exclude={"sweep"}))
+    except TunelabError:
+        return None
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def nearest_untried(params: dict[str, Any], configs: list[dict[str, Any]], tried: set[tuple], sweep: SweepSpec,
+                    rng) -> dict[str, Any] | None:
+    """The untried configuration closest to `params`: fewest changed dimensions, then the nearest values along
+    numeric dimensions (in sorted order); ties are drawn with `rng`. None once every configuration was tried."""
+    order: dict[str, dict[str, int] | None] = {}  # value -> rank along a numeric dimension; None: unordered
+    for key, values in grid_points(sweep).items():
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        order[key] = {repr(v): i for i, v in enumerate(sorted(values))} if numeric else None
+
+    def distance(config: dict[str, Any]) -> tuple[int, int]:
+        changed = steps = 0
+        for key in set(config) | set(params):
+            a, b = config.get(key), params.get(key)
+            if key not in config or key not in params:
+                changed, steps = changed + 1, steps + 1
+            elif repr(a) != repr(b):
+                ranks = order.get(key)
+                changed += 1
+                steps += abs(ranks[repr(a)] - ranks[repr(b)]) if ranks and repr(b) in ranks else 1
+        return changed, steps
+
+    untried = [c for c in configs if _key(c) not in tried]
+    if not untried:
+        return None
+    best = min(distance(c) for c in untried)
+    closest = [c for c in untried if distance(c) == best]
+    return closest[rng.randrange(len(closest))]
+
+
+def queue_nearest_untried(trial, configs: list[dict[str, Any]], sweep: SweepSpec) -> dict[str, Any] | None:
+    """A repeated proposal in a finite space: queue the closest configuration nobody has run, nor queued, next.
+
+    TPE over categorical dimensions keeps proposing what it has already tried once it likes it (the repeat costs
+    no tokens, its result is reused, but it explores nothing); the closest untried neighbour keeps the sampler's
+    direction and tries something new. Deterministic for a given sampler seed.
+    """
+    import random
+
+    tried = set()
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.state.name == "WAITING":
+            tried.add(_key(t.system_attrs.get("fixed_params") or {}))
+        elif t.state.name in ("COMPLETE", "PRUNED", "RUNNING"):
+            tried.add(_key(t.params))
+    nxt = nearest_untried(trial.params, configs, tried, sweep, random.Random(f"{sweep.seed}:{trial.number}"))
+    if nxt is not None:
+        trial.study.enqueue_trial(nxt)
+        trial.set_user_attr("queued_next", nxt)
+        console.print(f"trial {trial.number} repeats a finished configuration; the closest untried one is "
+                      f"queued next: {nxt}")
+    return nxt
 
 
 def over_budget(spent: int, step_tokens: int, step: int, total_steps: int | None, cap: int) -> bool:
@@ -277,18 +354,6 @@ def _finished(study) -> list:
             if t.state.name in FINISHED and not t.user_attrs.get("interrupted")]
 
 
-def _space_size(recipe: Recipe) -> int | None:
-    """Distinct configurations of a finite space (categorical, int and stepped dimensions); None if infinite."""
-    import math
-
-    try:
-        if math.prod(len(v) for v in grid_points(recipe.sweep).values()) > 10_000:
-            return None  # too large to be exhausted; not worth enumerating
-        return len(grid_configs(recipe.sweep, recipe.model_dump(mode="json", exclude={"sweep"})))
-    except TunelabError:
-        return None
-
-
 def _budget_callback(sweep: SweepSpec, t_start: float, size: int | None = None):
     def callback(study, _trial) -> None:
         done = _finished(study)
@@ -338,8 +403,9 @@ def optimize(recipe: Recipe, recipe_name: str, n_trials: int | None = None) -> A
         remaining = n_trials if remaining is None else min(n_trials, remaining)
     if remaining == 0:
         return study
-    budget = _budget_callback(sweep.model_copy(update={"trials": target}), time.monotonic(), _space_size(recipe))
     objective = _Objective(recipe, folder)
+    size = None if objective.configs is None else len(objective.configs)
+    budget = _budget_callback(sweep.model_copy(update={"trials": target}), time.monotonic(), size)
     study.optimize(objective, n_trials=remaining, timeout=sweep.max_time_s,
                    catch=(Exception,), callbacks=[budget], gc_after_trial=True)
     if objective.interrupted is not None:  # the CLI exits 128 + signal; `tunelab sweep` again resumes the study
