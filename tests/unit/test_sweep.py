@@ -234,6 +234,18 @@ def test_bad_sweeps_fail_before_any_trial(tmp_path, chat_jsonl, tiny_model_dir, 
     assert not (tmp_path / "runs" / "sweeps" / "bad" / "trials").exists()
 
 
+def test_the_reduction_factor_reaches_the_pruner_and_must_be_at_least_two(tmp_path, chat_jsonl, tiny_model_dir):
+    from tunelab.sweep.study import _pruner
+
+    space = {"train.lr": {"type": "float", "low": 0.1, "high": 0.2}}
+    for pruner in ("asha", "hyperband"):
+        p = _pruner(SweepSpec.model_validate({"space": space, "pruner": pruner, "reduction_factor": 2}))
+        assert p._reduction_factor == 2
+    doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {"space": space, "reduction_factor": 1})
+    with pytest.raises(TunelabError, match="reduction_factor"):
+        load_recipe(_write(tmp_path, doc))
+
+
 def test_inverted_range_and_bad_storage_are_clear_errors(tmp_path, chat_jsonl, tiny_model_dir):
     doc = _doc(tmp_path, chat_jsonl, tiny_model_dir, {"space": {"train.lr": {"type": "float", "low": 1, "high": 0}}})
     with pytest.raises(TunelabError, match="inverted range"):
