@@ -307,3 +307,37 @@ def test_each_worker_and_each_resume_gets_its_own_sampler_sequence(tmp_path, cha
     assert fresh == fresh_again  # a fresh single-process study is reproducible
     assert worker != fresh
     assert first("a", "0") != fresh  # reopened with one trial in it: a new proposal, not the first one again
+
+
+def _study_with_curves(curves: list[list[float]], direction: str = "minimize"):
+    import optuna
+
+    study = optuna.create_study(direction=direction)
+    for values in curves:
+        trial = study.ask()
+        for k, v in enumerate(values, 1):
+            trial.report(v, k)
+        study.tell(trial, values[-1])
+    return study
+
+
+def test_the_rank_agreement_check_warns_when_the_winner_trailed_where_pruning_starts():
+    from types import SimpleNamespace
+
+    from tunelab.sweep.report import pruning_audit
+
+    space = {"train.lr": {"type": "categorical", "choices": [1e-3]}}
+    rec = lambda **kw: SimpleNamespace(sweep=SweepSpec.model_validate({"space": space, **kw}))  # noqa: E731
+    # the last trial ends best but is worst at the 1st evaluation and second at the 2nd: a slow starter
+    curves = [[1.0, 0.9, 0.8], [1.1, 1.0, 0.9], [1.2, 1.1, 1.0], [1.3, 1.2, 1.1], [2.0, 0.95, 0.5]]
+    audit = pruning_audit(_study_with_curves(curves), rec(pruner="asha", min_resource=1))
+    assert audit["trials"] == 5 and [r["best_rank"] for r in audit["evaluations"]] == [5, 2]
+    assert audit["evaluations"][0]["spearman"] == pytest.approx(0.0)
+    assert "ranked 5 of 5 at evaluation 1" in audit["warning"]
+    assert pruning_audit(_study_with_curves(curves), rec(pruner="asha", min_resource=2))["warning"] is not None
+    assert pruning_audit(_study_with_curves(curves), rec(pruner="median", min_resource=2))["warning"] is None  # 2 of 5
+    assert pruning_audit(_study_with_curves(curves), rec(pruner="none"))["warning"] is None
+    flipped = [[-v for v in c] for c in curves]  # the same curves as accuracies: same ranks, same warning
+    audit = pruning_audit(_study_with_curves(flipped, "maximize"), rec(pruner="asha", min_resource=1))
+    assert [r["best_rank"] for r in audit["evaluations"]] == [5, 2] and audit["warning"]
+    assert pruning_audit(_study_with_curves(curves[:3]), rec(pruner="asha")) is None  # too few to say anything

@@ -17,7 +17,7 @@ from tunelab.sweep.space import apply_params
 from tunelab.util.console import console
 from tunelab.util.io import atomic_write_json, atomic_write_text
 
-__all__ = ["leaderboard_rows", "write_study_report"]
+__all__ = ["leaderboard_rows", "pruning_audit", "write_study_report"]
 
 
 def leaderboard_rows(study) -> list[dict[str, Any]]:
@@ -136,9 +136,57 @@ def write_study_report(study, recipe: Recipe, folder: Path) -> dict[str, Any]:
                   f"{recipe.sweep.metric} = {best['value']:.5g}).\n# Run it: tunelab run {folder / 'best.yaml'}\n")
         atomic_write_text(folder / "best.yaml", header + yaml.safe_dump(doc, sort_keys=False))
         summary["best_params"] = params
+    audit = pruning_audit(study, recipe)
+    if audit:
+        summary["rank_agreement"] = audit
+        console.print(audit["text"])
+        if audit["warning"]:
+            console.print(f"[yellow]warning:[/] {audit['warning']}")
     atomic_write_json(folder / "sweep.json", summary)
     console.print(f"sweep: {summary['states']} · best {best['value'] if best else None} · {folder / 'leaderboard.html'}")
     return summary
+
+
+def pruning_audit(study, recipe: Recipe, min_trials: int = 4) -> dict[str, Any] | None:
+    """Did early evaluations rank the trials as their final values do? Pruning assumes they do.
+
+    Over the complete trials (repeats excluded): for each evaluation before the last that they all reached,
+    Spearman's rho between the values there and the final values, and the rank there of the trial that ended
+    best. Descriptive, not a guarantee: with pruning on, the complete trials are the survivors (the check can only
+    under-state the risk), and an asynchronous pruner compares a trial with whichever trials reached the rung
+    before it. `warning` is set when the eventual best ranked outside the share the pruner keeps (1/
+    reduction_factor for ASHA/Hyperband, half for the median pruner) at the evaluation where pruning starts.
+    None with fewer than `min_trials` complete trials.
+    """
+    from scipy.stats import spearmanr
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None
+              and "duplicate_of" not in t.user_attrs and len(t.intermediate_values) >= 2]
+    if len(trials) < min_trials:
+        return None
+    sign = 1 if study.direction.name == "MINIMIZE" else -1
+    finals = [t.value for t in trials]
+    winner = min(range(len(trials)), key=lambda i: sign * finals[i])
+    rows = []
+    for k in range(min(len(t.intermediate_values) for t in trials) - 1):
+        at = [t.intermediate_values[sorted(t.intermediate_values)[k]] for t in trials]
+        rho = spearmanr(at, finals).statistic
+        rows.append({"evaluation": k + 1, "spearman": None if rho != rho else round(float(rho), 3),
+                     "best_rank": 1 + sum(sign * v < sign * at[winner] for v in at)})
+    sweep = recipe.sweep
+    summary = ", ".join(f"eval {r['evaluation']}: rho {r['spearman']}, best ranked {r['best_rank']}" for r in rows)
+    audit: dict[str, Any] = {"trials": len(trials), "evaluations": rows, "warning": None,
+                             "text": f"early vs final rankings over {len(trials)} complete trials: {summary}"}
+    first = next((r for r in rows if r["evaluation"] == sweep.min_resource), None)
+    if sweep.pruner != "none" and first is not None:
+        keep = 0.5 if sweep.pruner == "median" else 1 / sweep.reduction_factor
+        if first["best_rank"] > max(1, int(len(trials) * keep)):
+            audit["warning"] = (
+                f"the trial that ended best ranked {first['best_rank']} of {len(trials)} at evaluation "
+                f"{sweep.min_resource}, where pruning starts (the pruner keeps the best {keep:.0%}): early and final "
+                "rankings disagree on this task, so the pruner can stop eventual winners; prune later "
+                "(sweep.min_resource) or not at all")
+    return audit
 
 
 def read_summary(folder: Path) -> dict[str, Any]:
