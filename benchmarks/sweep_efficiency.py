@@ -28,13 +28,35 @@ sys.path.insert(0, str(REPO / "src"))
 LRS = [2.5e-4, 5e-4, 1e-3, 2e-3]
 
 
-def _recipe(data: Path, out: Path, steps: int, sweep: dict, threads: int | None = None) -> dict:
+TREC_TYPES = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "person",
+              "LOC": "location", "NUM": "number"}
+
+
+def _task_data(task: str, data: Path, tmp: Path) -> dict:
+    """The `data:` section for a task; TREC is converted to JSONL in the temporary folder (never in the repo)."""
+    if task == "emotion":
+        return {"path": str(data / "train.txt"), "validation_path": str(data / "val.txt"), "delimiter": ";",
+                "columns": {"prompt": "text", "completion": "label_name"},
+                "prompt_template": "Classify the emotion of this text as one of: sadness, joy, love, anger, fear, "
+                                   "surprise.\nText: {prompt}\nEmotion:"}
+    import random
+
+    for name, out in (("TREC.train", "trec_train.jsonl"), ("TREC.test", "trec_val.jsonl")):
+        rows = []
+        for line in (data / name).read_text(encoding="latin-1").splitlines():
+            label, _, text = line.partition(" ")
+            rows.append({"text": text.strip(), "label_name": TREC_TYPES[label.split(":")[0]]})
+        random.Random(0).shuffle(rows)  # the files are not in random order; data.limit takes the first rows
+        (tmp / out).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return {"path": str(tmp / "trec_train.jsonl"), "validation_path": str(tmp / "trec_val.jsonl"),
+            "columns": {"prompt": "text", "completion": "label_name"},
+            "prompt_template": "Classify the question by the kind of answer it asks for: abbreviation, description, "
+                               "entity, person, location, number.\nQuestion: {prompt}\nAnswer type:"}
+
+
+def _recipe(data: dict, out: Path, steps: int, sweep: dict, threads: int | None = None) -> dict:
     return {
-        "data": {"path": str(data / "train.txt"), "validation_path": str(data / "val.txt"), "delimiter": ";",
-                 "columns": {"prompt": "text", "completion": "label_name"},
-                 "prompt_template": "Classify the emotion of this text as one of: sadness, joy, love, anger, fear, "
-                                    "surprise.\nText: {prompt}\nEmotion:",
-                 "max_length": 96, "limit": 400, "eval_limit": 100, "split": {"test": 0.0}},
+        "data": {**data, "max_length": 96, "limit": 400, "eval_limit": 100, "split": {"test": 0.0}},
         "model": {"name": "smollm2-135m-instruct", "threads": threads},
         "method": {"name": "lora", "lora": {"r": 8, "alpha": 16}},
         "train": {"max_steps": steps, "batch_size": 8, "lr": 1e-3, "eval_every": max(1, steps // 5),
@@ -72,7 +94,9 @@ def _short(params: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "emotion"))
+    ap.add_argument("--task", choices=["emotion", "trec"], default="emotion",
+                    help="emotion (6 labels, ../shared/data/emotion) or TREC question types (6, ../shared/data/trec)")
+    ap.add_argument("--data", help="the task's folder (default: ../shared/data/TASK)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--tpe-trials", type=int, help="a trial budget instead of the token cap")
     ap.add_argument("--tpe-share", type=float, default=1 / 3, help="token cap as a share of the grid's tokens")
@@ -84,11 +108,16 @@ def main() -> int:
     ap.add_argument("--only-tpe", action="store_true", help="skip the grid (diagnostics; needs --tpe-trials or "
                     "--tpe-tokens)")
     ap.add_argument("--tpe-tokens", type=int, help="token cap for TPE instead of a share of the grid's tokens")
+    ap.add_argument("--only-grid", action="store_true", help="run the grid alone (e.g. to --keep it for "
+                    "benchmarks/sweep_replay.py)")
+    ap.add_argument("--replay-seeds", type=int, default=100, help="after both studies, replay TPE + ASHA on the "
+                    "grid's curves over this many sampler seeds (0: skip)")
     ap.add_argument("--keep", help="keep the study folders (leaderboards, plots, trial runs) here")
     args = ap.parse_args()
-    data = Path(args.data)
-    if not (data / "train.txt").is_file():
-        print(f"emotion data not found in {data}", file=sys.stderr)
+    data = Path(args.data or REPO.parent / "shared" / "data" / args.task)
+    needed = data / ("train.txt" if args.task == "emotion" else "TREC.train")
+    if not needed.is_file():
+        print(f"{args.task} data not found: {needed}", file=sys.stderr)
         return 2
     os.environ["TUNELAB_TRACKING"] = "none"
     space = {"train.lr": {"type": "categorical", "choices": args.lrs},
@@ -96,17 +125,22 @@ def main() -> int:
              "train.batch_size": {"type": "categorical", "choices": args.batch_sizes}}
     with tempfile.TemporaryDirectory(prefix="tunelab-sweep-bench-") as tmp:
         out = Path(args.keep or tmp)
+        data_doc = _task_data(args.task, data, Path(tmp))
         tpe_sweep = {"strategy": "tpe", "pruner": "asha", "trials": args.tpe_trials,
                      "min_resource": args.min_resource, "seed": 0, "space": space}
         if args.only_tpe:
-            tpe = _run(_recipe(data, out, args.steps, {**tpe_sweep, "max_tokens": args.tpe_tokens}, args.threads),
+            tpe = _run(_recipe(data_doc, out, args.steps, {**tpe_sweep, "max_tokens": args.tpe_tokens}, args.threads),
                        "tpe_asha")
             print(json.dumps({k: v for k, v in tpe.items() if k != "values"}, indent=1))
             return 0
-        grid = _run(_recipe(data, out, args.steps, {"strategy": "grid", "pruner": "none", "trials": None,
-                                                    "space": space}, args.threads), "grid")
+        grid = _run(_recipe(data_doc, out, args.steps, {"strategy": "grid", "pruner": "none", "trials": None,
+                                                        "space": space}, args.threads), "grid")
+        if args.only_grid:
+            print(json.dumps({k: v for k, v in grid.items() if k != "values"}, indent=1))
+            return 0
         cap = args.tpe_tokens or (None if args.tpe_trials else int(grid["tokens"] * args.tpe_share))
-        tpe = _run(_recipe(data, out, args.steps, {**tpe_sweep, "max_tokens": cap}, args.threads), "tpe_asha")
+        tpe = _run(_recipe(data_doc, out, args.steps, {**tpe_sweep, "max_tokens": cap}, args.threads), "tpe_asha")
+        replayed = _replay(out / "sweeps" / "grid", tpe_sweep, cap, args.replay_seeds) if cap else None
     gap = (tpe["best"] - grid["best"]) / grid["best"]
     share = tpe["tokens"] / grid["tokens"]
     print(f"\n{'':24}{'grid':>14}{'TPE + ASHA':>14}")
@@ -127,7 +161,36 @@ def main() -> int:
     print(f"TPE's best config is number {where} of {len(ranked)} in the grid's ranking" if where else
           "TPE's best config is not in the grid")
     print("grid, best first: " + "; ".join(f"{_short(p)} {v:.4f}" for p, v in ranked[:8]) + " ...")
+    if replayed:
+        hits, median, seed0 = replayed
+        print(f"\nOne seed is one draw. The same TPE + ASHA replayed on the grid's recorded curves "
+              f"(benchmarks/sweep_replay.py) over {args.replay_seeds} sampler seeds: within 1% of the grid's best in "
+              f"{hits:.0%} of them, median gap {median:+.2%}; seed 0 replayed gives {seed0:.4f} "
+              f"({'the same as' if abs(seed0 - tpe['best']) < 1e-6 else 'NOT the same as'} the real run above)")
     return 0
+
+
+def _replay(grid_dir: Path, sweep: dict, cap: int, seeds: int) -> tuple[float, float, float] | None:
+    """Hit rate and median gap of `sweep` over `seeds` sampler seeds, replayed on the grid's curves; seed 0's best."""
+    if seeds <= 0:
+        return None
+    import statistics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sweep_replay import load_grid, replay
+
+    from tunelab.util.console import console
+
+    curves, choices, steps, every, direction = load_grid(grid_dir)
+    best = min(v[-1] for v, _ in curves.values())
+    quiet, console.quiet = console.quiet, True
+    try:
+        values = [replay(curves, choices, steps, every, direction, {**sweep, "seed": seed}, cap)[0]
+                  for seed in range(seeds)]
+    finally:
+        console.quiet = quiet
+    gaps = [(v - best) / best for v in values]
+    return sum(g <= 0.01 for g in gaps) / seeds, statistics.median(gaps), values[0]
 
 
 if __name__ == "__main__":
