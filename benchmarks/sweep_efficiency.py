@@ -104,7 +104,8 @@ def main() -> int:
     ap.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--threads", type=int, help="torch threads per trial (1 on a machine shared with other jobs)")
-    ap.add_argument("--min-resource", type=int, default=1, help="ASHA: evaluations before a trial can be pruned")
+    ap.add_argument("--min-resource", type=int, default=2, help="ASHA: evaluations before a trial can be pruned "
+                    "(default 2, as sweep.min_resource)")
     ap.add_argument("--only-tpe", action="store_true", help="skip the grid (diagnostics; needs --tpe-trials or "
                     "--tpe-tokens)")
     ap.add_argument("--tpe-tokens", type=int, help="token cap for TPE instead of a share of the grid's tokens")

@@ -953,7 +953,8 @@ class SweepSpec(_Spec):
     )
     study_name: str | None = Field(None, description="Study name (default: the recipe name).")
     seed: int = Field(0, description="Sampler seed.")
-    min_resource: int = Field(1, ge=1, description="Pruners: evaluations a trial gets before it can be pruned.")
+    min_resource: int = Field(2, ge=1, description="Pruners: evaluations a trial gets before it can be pruned (2: "
+                              "early rankings of short fine-tunes often flip later; see docs/sweep.md).")
     reduction_factor: int = Field(3, ge=2, description="ASHA/Hyperband: a trial goes on past a rung if it is in the "
                                   "best 1/reduction_factor there; rungs at min_resource x reduction_factor^k "
                                   "evaluations.")
