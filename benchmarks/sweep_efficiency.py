@@ -54,12 +54,12 @@ def _task_data(task: str, data: Path, tmp: Path) -> dict:
                                "entity, person, location, number.\nQuestion: {prompt}\nAnswer type:"}
 
 
-def _recipe(data: dict, out: Path, steps: int, sweep: dict, threads: int | None = None) -> dict:
+def _recipe(data: dict, out: Path, steps: int, sweep: dict, threads: int | None = None, evaluations: int = 5) -> dict:
     return {
         "data": {**data, "max_length": 96, "limit": 400, "eval_limit": 100, "split": {"test": 0.0}},
         "model": {"name": "smollm2-135m-instruct", "threads": threads},
         "method": {"name": "lora", "lora": {"r": 8, "alpha": 16}},
-        "train": {"max_steps": steps, "batch_size": 8, "lr": 1e-3, "eval_every": max(1, steps // 5),
+        "train": {"max_steps": steps, "batch_size": 8, "lr": 1e-3, "eval_every": max(1, steps // evaluations),
                   "log_every": 1},  # every step: the token cap is checked where a row is logged
         "eval": {"enabled": False},
         "output": {"dir": str(out), "tracking": []},
@@ -98,6 +98,7 @@ def main() -> int:
                     help="emotion (6 labels, ../shared/data/emotion) or TREC question types (6, ../shared/data/trec)")
     ap.add_argument("--data", help="the task's folder (default: ../shared/data/TASK)")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--evaluations", type=int, default=5, help="validations per trial (every steps/N steps)")
     ap.add_argument("--tpe-trials", type=int, help="a trial budget instead of the token cap")
     ap.add_argument("--tpe-share", type=float, default=1 / 3, help="token cap as a share of the grid's tokens")
     ap.add_argument("--lrs", type=float, nargs="+", default=LRS)
@@ -130,17 +131,19 @@ def main() -> int:
         tpe_sweep = {"strategy": "tpe", "pruner": "asha", "trials": args.tpe_trials,
                      "min_resource": args.min_resource, "seed": 0, "space": space}
         if args.only_tpe:
-            tpe = _run(_recipe(data_doc, out, args.steps, {**tpe_sweep, "max_tokens": args.tpe_tokens}, args.threads),
+            tpe = _run(_recipe(data_doc, out, args.steps, {**tpe_sweep, "max_tokens": args.tpe_tokens}, args.threads,
+                               args.evaluations),
                        "tpe_asha")
             print(json.dumps({k: v for k, v in tpe.items() if k != "values"}, indent=1))
             return 0
         grid = _run(_recipe(data_doc, out, args.steps, {"strategy": "grid", "pruner": "none", "trials": None,
-                                                        "space": space}, args.threads), "grid")
+                                                        "space": space}, args.threads, args.evaluations), "grid")
         if args.only_grid:
             print(json.dumps({k: v for k, v in grid.items() if k != "values"}, indent=1))
             return 0
         cap = args.tpe_tokens or (None if args.tpe_trials else int(grid["tokens"] * args.tpe_share))
-        tpe = _run(_recipe(data_doc, out, args.steps, {**tpe_sweep, "max_tokens": cap}, args.threads), "tpe_asha")
+        tpe = _run(_recipe(data_doc, out, args.steps, {**tpe_sweep, "max_tokens": cap}, args.threads,
+                           args.evaluations), "tpe_asha")
         replayed = _replay(out / "sweeps" / "grid", tpe_sweep, cap, args.replay_seeds) if cap else None
     gap = (tpe["best"] - grid["best"]) / grid["best"]
     share = tpe["tokens"] / grid["tokens"]
@@ -154,7 +157,7 @@ def main() -> int:
     print(f"{'training tokens':24}{grid['tokens']:>14,}{tpe['tokens']:>14,}")
     print(f"{'wall time (s)':24}{grid['wall_s']:>14}{tpe['wall_s']:>14}")
     print(f"ASHA: reduction factor 3, a trial can be pruned after {args.min_resource} of "
-          f"{args.steps // max(1, args.steps // 5)} evaluations")
+          f"{args.steps // max(1, args.steps // args.evaluations)} evaluations")
     print(f"\nTPE+ASHA vs grid: best val_loss {gap:+.2%} (target within +1%), tokens {share:.2f}x (target <= 0.33x)")
     print(f"grid best params: {grid['best_params']}\nTPE best params:  {tpe['best_params']}")
     ranked = sorted(grid["values"], key=lambda kv: kv[1])

@@ -1,7 +1,7 @@
 """Replay a recorded grid: how often does each search strategy reach the grid's best on a share of its tokens?
 
     .venv/bin/python benchmarks/sweep_efficiency.py --only-grid --keep /tmp/grid          # 33 min, once
-    .venv/bin/python benchmarks/sweep_replay.py /tmp/grid/sweeps/grid [--seeds 100] [--plot replay.png]
+    .venv/bin/python benchmarks/sweep_replay.py /tmp/grid/sweeps/grid [GRID ...] [--seeds 100] [--plot out.png]
 
 One TPE + ASHA run with one sampler seed is a lottery ticket: whether it reaches the grid's best depends on which
 configurations its seed proposes first. Training here is deterministic (fixed seed, CPU), so a configuration's
@@ -68,7 +68,9 @@ def replay(curves: dict, choices: dict, steps: int, every: int, direction: str, 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = SweepSpec.model_validate({**sweep, "max_tokens": cap, "trials": None, "space": {
         k: {"type": "categorical", "choices": v} for k, v in choices.items()}})
-    study = optuna.create_study(direction=direction, sampler=S._sampler(spec), pruner=S._pruner(spec))
+    # a fixed name: Hyperband assigns trials to brackets by a hash of the study name and trial number
+    study = optuna.create_study(study_name="replay", direction=direction, sampler=S._sampler(spec),
+                                pruner=S._pruner(spec))
     configs = grid_configs(spec, {})
     if spec.strategy == "grid":  # the baseline: every configuration once, in an order drawn from the seed
         import random
@@ -117,34 +119,53 @@ STRATEGIES = {  # name -> (sweep section, redirect repeats)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("grid", help="a kept grid study folder (sweep_efficiency.py --keep DIR: DIR/sweeps/grid)")
+    ap.add_argument("grids", nargs="+", metavar="GRID",
+                    help="kept grid study folders (sweep_efficiency.py --keep DIR: DIR/sweeps/grid)")
+    ap.add_argument("--names", nargs="+", help="a label per grid (default: the folder names)")
     ap.add_argument("--seeds", type=int, default=100, help="sampler seeds per strategy and budget")
     ap.add_argument("--shares", type=float, nargs="+", default=[0.2, 1 / 3, 0.5],
                     help="token caps as shares of the grid's tokens")
     ap.add_argument("--within", type=float, default=0.01, help="a hit: within this relative gap of the grid's best")
-    ap.add_argument("--plot", help="write hit rate vs budget (PNG) here")
+    ap.add_argument("--plot", help="write hit rate vs budget (PNG, a panel per grid) here")
     ap.add_argument("--json", help="write every number here")
     args = ap.parse_args()
-    folder = Path(args.grid)
-    if not (folder / "study.db").is_file():
-        print(f"no study.db in {folder} (keep a grid with sweep_efficiency.py --only-grid --keep DIR)",
-              file=sys.stderr)
+    folders = [Path(g) for g in args.grids]
+    names = args.names or [f.parent.parent.name for f in folders]
+    if len(names) != len(folders):
+        print(f"--names: {len(names)} labels for {len(folders)} grids", file=sys.stderr)
         return 2
+    for folder in folders:
+        if not (folder / "study.db").is_file():
+            print(f"no study.db in {folder} (keep a grid with sweep_efficiency.py --only-grid --keep DIR)",
+                  file=sys.stderr)
+            return 2
     import optuna
 
     from tunelab.util.console import console
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     console.quiet = True  # thousands of studies: their per-trial lines are noise here
+    results = {name: _replay_grid(folder, name, args) for name, folder in zip(names, folders, strict=True)}
+    print(f"hit = share of seeds whose best is within {args.within:.0%} of the grid's best; tokens spent are "
+          "within the cap in every cell (it is a hard cap)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.plot:
+        _plot(results, args, Path(args.plot))
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _replay_grid(folder: Path, name: str, args) -> dict:
     curves, choices, steps, every, direction = load_grid(folder)
     grid_tokens = sum(t for _, t in curves.values())
     finals = [v[-1] for v, _ in curves.values()]
     best = min(finals) if direction == "minimize" else max(finals)
-    print(f"grid: {len(curves)} configurations, best {best:.4f}, {grid_tokens:,} tokens; {steps} steps, evaluated "
-          f"every {every}; {args.seeds} sampler seeds per cell\n")
+    print(f"{name}: {len(curves)} configurations, best {best:.4f}, {grid_tokens:,} tokens; {steps} steps, "
+          f"evaluated every {every}; {args.seeds} sampler seeds per cell")
     table: dict[str, dict[float, dict]] = {}
-    for name, (sweep, redirect) in STRATEGIES.items():
-        table[name] = {}
+    for strategy, (sweep, redirect) in STRATEGIES.items():
+        table[strategy] = {}
         for share in args.shares:
             gaps, spent = [], []
             for seed in range(args.seeds):
@@ -152,48 +173,44 @@ def main() -> int:
                                        int(grid_tokens * share), redirect)
                 gaps.append(abs(value - best) / abs(best))
                 spent.append(tokens / grid_tokens)
-            table[name][share] = {"hit": sum(g <= args.within for g in gaps) / len(gaps),
-                                  "median_gap": statistics.median(gaps), "mean_gap": statistics.mean(gaps),
-                                  "tokens": statistics.mean(spent), "seed0_gap": gaps[0]}
+            table[strategy][share] = {"hit": sum(g <= args.within for g in gaps) / len(gaps),
+                                      "median_gap": statistics.median(gaps), "mean_gap": statistics.mean(gaps),
+                                      "tokens": statistics.mean(spent), "seed0_gap": gaps[0]}
     base = table["grid, random order (baseline)"]
     head = "".join(f"{f'{s:.2f}x: hit / median gap / vs base':>36}" for s in args.shares)
     print(f"{'strategy':42}{head}")
-    for name, row in table.items():
+    for strategy, row in table.items():
         cells = "".join(f"{r['hit']:>14.0%}{r['median_gap']:>+10.2%}{_ratio(r['hit'], base[s]['hit']):>12}"
                         for s, r in row.items())
-        print(f"{name:42}{cells}")
-    print(f"\nhit = share of seeds whose best is within {args.within:.0%} of the grid's best; tokens spent are "
-          "within the cap in every cell (it is a hard cap)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"best": best, "grid_tokens": grid_tokens, "seeds": args.seeds,
-                                               "table": table}, indent=1))
-    if args.plot:
-        _plot(table, args, Path(args.plot))
-        print(f"plot: {args.plot}")
-    return 0
+        print(f"{strategy:42}{cells}")
+    print()
+    return {"best": best, "grid_tokens": grid_tokens, "seeds": args.seeds, "table": table}
 
 
 def _ratio(hit: float, base: float) -> str:
     return f"{hit / base:.1f}x" if base else "-"
 
 
-def _plot(table: dict, args, path: Path) -> None:
+def _plot(results: dict, args, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, row in table.items():
-        ax.plot([s for s in row], [r["hit"] for r in row.values()], marker="o", label=name,
-                linestyle="--" if "baseline" in name else "-")
-    ax.set_xlabel("token cap (share of the full grid's tokens)")
-    ax.set_ylabel(f"share of {args.seeds} seeds within {args.within:.0%} of the grid's best")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 5.2), sharey=True, squeeze=False)
+    for ax, (name, result) in zip(axes[0], results.items(), strict=True):
+        for strategy, row in result["table"].items():
+            ax.plot(list(row), [r["hit"] for r in row.values()], marker="o", label=strategy,
+                    linestyle="--" if "baseline" in strategy else "-")
+        ax.set_title(f"{name}: {result['seeds']} seeds per point")
+        ax.set_xlabel("token cap (share of the full grid's tokens)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"share of seeds within {args.within:.0%} of the grid's best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":
