@@ -32,6 +32,8 @@ def load_grid(folder: Path) -> tuple[dict, dict, int, int, str]:
     import optuna
     import yaml
 
+    from tunelab.sweep.space import config_key
+
     url = f"sqlite:///{(folder / 'study.db').resolve()}"
     name = optuna.get_all_study_summaries(url)[0].study_name
     study = optuna.load_study(study_name=name, storage=url)
@@ -40,7 +42,7 @@ def load_grid(folder: Path) -> tuple[dict, dict, int, int, str]:
         if t.state.name != "COMPLETE" or t.user_attrs.get("duplicate_of") is not None:
             continue
         values = [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
-        curves[_key(t.params)] = (values, int(t.user_attrs["tokens"]))
+        curves[config_key(t.params)] = (values, int(t.user_attrs["tokens"]))
         for k, v in t.params.items():
             choices.setdefault(k, set()).add(v)
         cfg = Path(t.user_attrs.get("run_dir", "")) / "config.yaml"
@@ -52,10 +54,6 @@ def load_grid(folder: Path) -> tuple[dict, dict, int, int, str]:
     return curves, {k: sorted(v) for k, v in choices.items()}, steps, every, study.direction.name.lower()
 
 
-def _key(params: dict) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
-
-
 def replay(curves: dict, choices: dict, steps: int, every: int, direction: str, sweep: dict, cap: int,
            redirect: bool = True) -> tuple[float, int]:
     """One study against the recorded curves; returns (best value, tokens spent)."""
@@ -63,7 +61,7 @@ def replay(curves: dict, choices: dict, steps: int, every: int, direction: str, 
 
     from tunelab.config.specs import SweepSpec
     from tunelab.sweep import study as S
-    from tunelab.sweep.space import grid_configs, sample
+    from tunelab.sweep.space import config_key, grid_configs, sample
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = SweepSpec.model_validate({**sweep, "max_tokens": cap, "trials": None, "space": {
@@ -85,7 +83,7 @@ def replay(curves: dict, choices: dict, steps: int, every: int, direction: str, 
             if redirect:
                 S.queue_nearest_untried(trial, configs, spec)
             return S._reuse(trial, twin)
-        values, tokens = curves[_key(params)]
+        values, tokens = curves[config_key(params)]
         per_step = tokens / steps
         for step in range(1, steps + 1):
             used = round(per_step * step)

@@ -161,7 +161,8 @@ def test_a_configuration_already_tried_is_not_trained_again(tmp_path, chat_jsonl
 def test_a_repeat_queues_the_closest_untried_configuration():
     import random
 
-    from tunelab.sweep.study import _key, nearest_untried
+    from tunelab.sweep.space import config_key as _key
+    from tunelab.sweep.study import nearest_untried
 
     sweep = SweepSpec.model_validate({"space": {
         "train.lr": {"type": "categorical", "choices": [2e-3, 2.5e-4, 1e-3, 5e-4]},  # ranked by value, not order

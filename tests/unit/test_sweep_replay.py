@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.sweep.space import config_key
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep_replay.py"
 
 
@@ -27,7 +29,7 @@ def _grid(mod):
     for lr, r, bs in itertools.product(*choices.values()):
         final = 0.5 + abs(lr - 1e-3) * 100 + (0.02 if r == 4 else 0) + (0.01 if bs == 4 else 0)
         values = [final + 1.0 / k for k in range(1, 6)]
-        curves[mod._key({"train.lr": lr, "method.lora.r": r, "train.batch_size": bs})] = (values, 1000 * bs)
+        curves[config_key({"train.lr": lr, "method.lora.r": r, "train.batch_size": bs})] = (values, 1000 * bs)
     return curves, choices
 
 

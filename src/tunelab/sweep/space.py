@@ -143,8 +143,13 @@ def grid_configs(sweep: SweepSpec, base: dict[str, Any]) -> list[dict[str, Any]]
         for key, value in zip(points, combo, strict=True):
             if condition_holds(key, sweep.space[key].when, params, base):
                 params[key] = value
-        seen.setdefault(tuple(sorted((k, repr(v)) for k, v in params.items())), params)
+        seen.setdefault(config_key(params), params)
     return list(seen.values())
+
+
+def config_key(params: dict[str, Any]) -> tuple:
+    """A hashable identity of a configuration (order-free; values by repr, so 8 and 8.0 differ as Optuna's do)."""
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 def trial_recipe(base: dict[str, Any], params: dict[str, Any], out_dir: str, name: str, metric: str,

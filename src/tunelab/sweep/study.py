@@ -19,7 +19,7 @@ from typing import Any
 
 from tunelab.config.specs import Recipe, SweepSpec
 from tunelab.errors import TunelabError
-from tunelab.sweep.space import check_space, grid_configs, grid_points, sample, trial_recipe
+from tunelab.sweep.space import check_space, config_key, grid_configs, grid_points, sample, trial_recipe
 from tunelab.util.console import console
 
 __all__ = ["direction_of", "open_study", "planned_trials", "run_sweep", "study_dir"]
@@ -236,10 +236,6 @@ def finite_configs(recipe: Recipe) -> list[dict[str, Any]] | None:
         return None
 
 
-def _key(params: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
-
-
 def nearest_untried(params: dict[str, Any], configs: list[dict[str, Any]], tried: set[tuple], sweep: SweepSpec,
                     rng) -> dict[str, Any] | None:
     """The untried configuration closest to `params`: fewest changed dimensions, then the nearest values along
@@ -261,11 +257,11 @@ def nearest_untried(params: dict[str, Any], configs: list[dict[str, Any]], tried
                 steps += abs(ranks[repr(a)] - ranks[repr(b)]) if ranks and repr(b) in ranks else 1
         return changed, steps
 
-    untried = [c for c in configs if _key(c) not in tried]
-    if not untried:
+    scored = [(distance(c), c) for c in configs if config_key(c) not in tried]
+    if not scored:
         return None
-    best = min(distance(c) for c in untried)
-    closest = [c for c in untried if distance(c) == best]
+    best = min(d for d, _ in scored)
+    closest = [c for d, c in scored if d == best]
     return closest[rng.randrange(len(closest))]
 
 
@@ -281,9 +277,9 @@ def queue_nearest_untried(trial, configs: list[dict[str, Any]], sweep: SweepSpec
     tried = set()
     for t in trial.study.get_trials(deepcopy=False):
         if t.state.name == "WAITING":
-            tried.add(_key(t.system_attrs.get("fixed_params") or {}))
+            tried.add(config_key(t.system_attrs.get("fixed_params") or {}))
         elif t.state.name in ("COMPLETE", "PRUNED", "RUNNING"):
-            tried.add(_key(t.params))
+            tried.add(config_key(t.params))
     nxt = nearest_untried(trial.params, configs, tried, sweep, random.Random(f"{sweep.seed}:{trial.number}"))
     if nxt is not None:
         trial.study.enqueue_trial(nxt)
@@ -359,7 +355,7 @@ def _budget_callback(sweep: SweepSpec, t_start: float, size: int | None = None):
         done = _finished(study)
         if sweep.trials is not None and len(done) >= sweep.trials:
             study.stop()
-        elif size is not None and len({repr(sorted(t.params.items())) for t in done}) >= size:
+        elif size is not None and len({config_key(t.params) for t in done}) >= size:
             console.print(f"every configuration of the space ({size}) has been tried: no new trials")
             study.stop()
         elif sweep.max_tokens is not None and sum(t.user_attrs.get("tokens", 0) for t in done) >= sweep.max_tokens:
