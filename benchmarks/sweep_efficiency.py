@@ -178,23 +178,17 @@ def _replay(grid_dir: Path, sweep: dict, cap: int, seeds: int) -> tuple[float, f
     """Hit rate and median gap of `sweep` over `seeds` sampler seeds, replayed on the grid's curves; seed 0's best."""
     if seeds <= 0:
         return None
-    import statistics
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sweep_replay import load_grid, replay
+    from sweep_replay import load_grid, over_seeds
 
     from tunelab.util.console import console
 
-    curves, choices, steps, every, direction = load_grid(grid_dir)
-    best = min(v[-1] for v, _ in curves.values())
     quiet, console.quiet = console.quiet, True
     try:
-        values = [replay(curves, choices, steps, every, direction, {**sweep, "seed": seed}, cap)[0]
-                  for seed in range(seeds)]
+        r = over_seeds(load_grid(grid_dir), sweep, cap, seeds)
     finally:
         console.quiet = quiet
-    gaps = [(v - best) / best for v in values]
-    return sum(g <= 0.01 for g in gaps) / seeds, statistics.median(gaps), values[0]
+    return r["hit"], r["median_gap"], r["seed0_value"]
 
 
 if __name__ == "__main__":

@@ -103,6 +103,20 @@ def replay(curves: dict, choices: dict, steps: int, every: int, direction: str, 
     return best, S._spent(study, -1)
 
 
+def over_seeds(grid: tuple, sweep: dict, cap: int, seeds: int, within: float = 0.01, redirect: bool = True) -> dict:
+    """`sweep` replayed with sampler seeds 0..seeds-1 on `grid` (load_grid's curves, choices, steps, every,
+    direction): share of seeds within `within` of the grid's best, gaps, tokens (as a share of the grid's), seed 0."""
+    curves, _, _, _, direction = grid
+    finals = [v[-1] for v, _ in curves.values()]
+    best = min(finals) if direction == "minimize" else max(finals)
+    grid_tokens = sum(t for _, t in curves.values())
+    runs = [replay(*grid, {**sweep, "seed": seed}, cap, redirect) for seed in range(seeds)]
+    gaps = [abs(value - best) / abs(best) for value, _ in runs]
+    return {"hit": sum(g <= within for g in gaps) / seeds, "median_gap": statistics.median(gaps),
+            "mean_gap": statistics.mean(gaps), "tokens": statistics.mean(t / grid_tokens for _, t in runs),
+            "seed0_gap": gaps[0], "seed0_value": runs[0][0]}
+
+
 STRATEGIES = {  # name -> (sweep section, redirect repeats)
     "grid, random order (baseline)": ({"strategy": "grid", "pruner": "none"}, False),
     "random": ({"strategy": "random", "pruner": "none"}, True),
@@ -163,17 +177,9 @@ def _replay_grid(folder: Path, name: str, args) -> dict:
           f"evaluated every {every}; {args.seeds} sampler seeds per cell")
     table: dict[str, dict[float, dict]] = {}
     for strategy, (sweep, redirect) in STRATEGIES.items():
-        table[strategy] = {}
-        for share in args.shares:
-            gaps, spent = [], []
-            for seed in range(args.seeds):
-                value, tokens = replay(curves, choices, steps, every, direction, {**sweep, "seed": seed},
-                                       int(grid_tokens * share), redirect)
-                gaps.append(abs(value - best) / abs(best))
-                spent.append(tokens / grid_tokens)
-            table[strategy][share] = {"hit": sum(g <= args.within for g in gaps) / len(gaps),
-                                      "median_gap": statistics.median(gaps), "mean_gap": statistics.mean(gaps),
-                                      "tokens": statistics.mean(spent), "seed0_gap": gaps[0]}
+        table[strategy] = {share: over_seeds((curves, choices, steps, every, direction), sweep,
+                                             int(grid_tokens * share), args.seeds, args.within, redirect)
+                           for share in args.shares}
     base = table["grid, random order (baseline)"]
     head = "".join(f"{f'{s:.2f}x: hit / median gap / vs base':>36}" for s in args.shares)
     print(f"{'strategy':42}{head}")
